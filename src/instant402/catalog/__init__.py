@@ -1,0 +1,1 @@
+"""The model catalog synced from OpenRouter: storage, sync, search and curation."""

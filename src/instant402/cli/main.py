@@ -1,0 +1,126 @@
+"""The ``instant402`` command line: thin adapters over the domain packages."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+from pathlib import Path
+
+import typer
+
+from instant402.config import load_settings
+
+app = typer.Typer(help="instant402: pay-per-call AI resources behind x402.", no_args_is_help=True)
+db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
+users_app = typer.Typer(help="Administer creator accounts.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(users_app, name="users")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(None, help="Address to bind (default INSTANT402_HOST)."),
+    port: int = typer.Option(None, help="Port to bind (default INSTANT402_PORT)."),
+    workers: int = typer.Option(1, help="Server processes."),
+):
+    """Run the web server (production settings from the environment)."""
+    import uvicorn
+
+    settings = load_settings()
+    uvicorn.run(
+        "instant402.app:create_app",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers,
+        access_log=False,
+        proxy_headers=True,
+    )
+
+
+@app.command()
+def sandbox(
+    port: int = typer.Option(8402, help="Port of the web app."),
+    data_dir: Path = typer.Option(Path("./var/sandbox"), help="Where the sandbox keeps its data."),
+):
+    """Start the offline sandbox: SQLite, emulator, local chain and facilitator, demo data."""
+    from instant402.sandbox.run import run_sandbox
+
+    run_sandbox(port=port, data_dir=data_dir)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head", help="Target revision.")):
+    """Apply migrations up to REVISION (default: the newest)."""
+    from instant402.db import Database
+    from instant402.db.migrate import upgrade
+
+    async def _go():
+        db = Database(load_settings())
+        try:
+            await upgrade(db.engine, revision)
+        finally:
+            await db.dispose()
+
+    asyncio.run(_go())
+    typer.echo(f"database at {revision}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: str = typer.Argument(..., help="Target revision, e.g. -1 or base.")):
+    """Revert migrations down to REVISION."""
+    from instant402.db import Database
+    from instant402.db.migrate import downgrade
+
+    async def _go():
+        db = Database(load_settings())
+        try:
+            await downgrade(db.engine, revision)
+        finally:
+            await db.dispose()
+
+    asyncio.run(_go())
+    typer.echo(f"database at {revision}")
+
+
+@users_app.command("create")
+def users_create(
+    username: str = typer.Argument(..., help="Lowercase, 3–32 characters."),
+    email: str = typer.Option(..., help="Email address."),
+    password: str = typer.Option(None, help="Password (asked for when omitted)."),
+    payout_address: str = typer.Option(None, help="EVM address that receives payments."),
+    admin: bool = typer.Option(False, "--admin", help="Grant administrator rights."),
+):
+    """Create a creator account (for scripted set-ups)."""
+    from instant402.accounts.service import create_user
+    from instant402.db import Database
+    from instant402.errors import ApiError
+
+    if password is None:
+        password = getpass.getpass("Password: ")
+
+    async def _go():
+        db = Database(load_settings())
+        try:
+            async with db.session() as session:
+                return await create_user(
+                    session,
+                    username=username,
+                    email=email,
+                    password=password,
+                    payout_address=payout_address,
+                    is_admin=admin,
+                )
+        finally:
+            await db.dispose()
+
+    try:
+        user = asyncio.run(_go())
+    except ApiError as err:
+        typer.echo(f"error: {err.message}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"created {user.username}{' (admin)' if user.is_admin else ''}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,71 @@
+"""Settings, read from environment variables prefixed ``INSTANT402_`` (every one is documented in README)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Mode(StrEnum):
+    production = "production"
+    sandbox = "sandbox"
+    test = "test"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INSTANT402_", extra="ignore")
+
+    mode: Mode = Mode.production
+    data_dir: Path = Path("./var")
+    database_url: str | None = None
+    database_schema: str | None = None  # PostgreSQL schema to use (tests give each run its own)
+    public_url: str = "http://127.0.0.1:8402"
+    host: str = "127.0.0.1"
+    port: int = 8402
+
+    # Sessions and login protection.
+    session_days: int = 14
+    cookie_secure: bool | None = None  # None: Secure exactly when public_url is https
+    login_free_failures: int = 5
+    login_max_lockout_seconds: int = 900
+
+    # Logging.
+    log_level: str = "INFO"
+    log_format: str | None = None  # "json" or "text"; None: json in production, text otherwise
+
+    # OpenRouter (or the emulator).
+    openrouter_base_url: str = "https://openrouter.ai/api/v1"
+
+    # Key vault: comma-separated "version:base64key" pairs; the highest version encrypts.
+    master_keys: str | None = Field(default=None, repr=False)
+
+    redis_url: str | None = None
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'instant402.db').resolve()}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+    @property
+    def secure_cookies(self) -> bool:
+        if self.cookie_secure is not None:
+            return self.cookie_secure
+        return self.public_url.startswith("https://")
+
+    @property
+    def json_logs(self) -> bool:
+        if self.log_format:
+            return self.log_format == "json"
+        return self.mode == Mode.production
+
+
+def load_settings(**overrides) -> Settings:
+    return Settings(**overrides)

@@ -1,0 +1,1 @@
+"""Running a resource upstream: the OpenRouter client, error taxonomy, retries, outputs, limits and jobs."""

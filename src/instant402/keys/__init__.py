@@ -1,0 +1,1 @@
+"""Creators' OpenRouter keys: envelope-encrypted, verified, masked, rotatable, audited."""

@@ -1,0 +1,1 @@
+"""One row per call attempt: what was paid, what ran, what it cost; stats for creators and buyers."""

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import httpx
+
+from instant402.app import create_app
+
+
+async def test_healthz_and_readyz(client):
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    r = await client.get("/readyz")
+    assert r.status_code == 200
+
+
+async def test_readyz_fails_when_database_is_down(settings, tmp_path):
+    broken = settings.model_copy(
+        update={"database_url": "postgresql+asyncpg://nobody@127.0.0.1:1/none", "database_schema": None}
+    )
+    app = create_app(broken)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        assert (await c.get("/healthz")).status_code == 200
+        assert (await c.get("/readyz")).status_code == 503
+    await app.state.db.dispose()
+
+
+async def test_openapi_docs(client):
+    assert (await client.get("/docs")).status_code == 200
+    spec = (await client.get("/openapi.json")).json()
+    assert "/api/v1/auth/signup" in spec["paths"]
+
+
+async def test_unknown_path_uses_error_shape(client):
+    r = await client.get("/api/v1/nothing-here")
+    assert r.status_code == 404
+    assert r.json()["error"]["code"] == "not_found"
