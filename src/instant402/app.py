@@ -8,10 +8,16 @@ from fastapi import FastAPI
 
 from instant402 import __version__
 from instant402.accounts.routes import router as accounts_router
+from instant402.catalog.routes import router as catalog_router
 from instant402.config import Settings, load_settings
 from instant402.db import Database
 from instant402.errors import install_error_handlers
+from instant402.execution.routes import router as execution_router
 from instant402.health import router as health_router
+from instant402.keys.routes import router as keys_router
+from instant402.payments.routes import router as payments_router
+from instant402.resources.routes import router as resources_router
+from instant402.usage.routes import router as usage_router
 from instant402.web import mount_web
 
 
@@ -34,5 +40,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(accounts_router)
+    app.include_router(catalog_router)
+    app.include_router(keys_router)
+    app.include_router(resources_router)
+    app.include_router(usage_router)
+    app.include_router(execution_router)
     mount_web(app)
+    # Last: the paid route POST /{creator}/{slug} must not shadow any other path.
+    app.include_router(payments_router)
     return app

@@ -1,0 +1,1 @@
+"""Tables of the execution domain (migration: db/migrations/versions/)."""

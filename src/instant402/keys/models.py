@@ -1,0 +1,1 @@
+"""Tables of the keys domain (migration: db/migrations/versions/)."""

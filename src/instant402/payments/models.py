@@ -1,0 +1,1 @@
+"""Tables of the payments domain (migration: db/migrations/versions/)."""

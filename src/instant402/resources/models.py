@@ -1,0 +1,1 @@
+"""Tables of the resources domain (migration: db/migrations/versions/)."""

@@ -1,0 +1,1 @@
+"""Tables of the usage domain (migration: db/migrations/versions/)."""
