@@ -1,1 +1,103 @@
-"""Tables of the catalog domain (migration: db/migrations/versions/)."""
+"""Tables of the catalog domain (migration: db/migrations/versions/0002_catalog.py)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, Date, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from instant402.db.base import Base, BigIntPK, ExactDecimal, UTCDateTime, utcnow
+
+
+class CatalogModel(Base):
+    """One OpenRouter model as last seen by a sync. Never deleted: resources point at it."""
+
+    __tablename__ = "models"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # OpenRouter id, may hold "/" and ":"
+    canonical_slug: Mapped[str | None] = mapped_column(String(255))
+    name: Mapped[str] = mapped_column(String(255), index=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    provider: Mapped[str] = mapped_column(String(100), index=True)  # id prefix, e.g. "openai"
+    provider_name: Mapped[str] = mapped_column(String(100))  # display name, e.g. "OpenAI"
+    modality: Mapped[str] = mapped_column(String(16), index=True)  # text|image|audio|video|embedding|multimodal
+    input_modalities: Mapped[list[str]] = mapped_column(JSON, default=list)
+    output_modalities: Mapped[list[str]] = mapped_column(JSON, default=list)
+    context_length: Mapped[int | None] = mapped_column(Integer, index=True)
+    max_completion_tokens: Mapped[int | None] = mapped_column(Integer)
+
+    # USD per token, exact; None when unknown (routers publish "-1").
+    prompt_price: Mapped[Decimal | None] = mapped_column(ExactDecimal)
+    completion_price: Mapped[Decimal | None] = mapped_column(ExactDecimal)
+    request_price: Mapped[Decimal | None] = mapped_column(ExactDecimal)
+    image_price: Mapped[Decimal | None] = mapped_column(ExactDecimal)
+    image_output_price: Mapped[Decimal | None] = mapped_column(ExactDecimal)
+    # Integer mirrors for sorting and filtering (SQLite keeps ExactDecimal as text): micro-USD per 1M tokens,
+    # rounded up, so a price filter never lets a dearer model through.
+    prompt_price_micro: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    completion_price_micro: Mapped[int | None] = mapped_column(BigInteger, index=True)
+
+    supported_parameters: Mapped[list[str]] = mapped_column(JSON, default=list)
+    supports_vision: Mapped[bool] = mapped_column(Boolean, default=False)
+    supports_tools: Mapped[bool] = mapped_column(Boolean, default=False)
+    supports_structured_output: Mapped[bool] = mapped_column(Boolean, default=False)
+    supports_reasoning: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_free: Mapped[bool] = mapped_column(Boolean, default=False)
+    produces_image: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_moderated: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    created: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    expiration_date: Mapped[date | None] = mapped_column(Date)
+    raw: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Lower-cased id, name and description in one column, so a search scans one value per row.
+    search_text: Mapped[str] = mapped_column(Text, default="")
+
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True, index=True)
+
+
+class CuratedModel(Base):
+    """The hand-picked list shown first; may name a model the catalog does not (yet) hold."""
+
+    __tablename__ = "catalog_curated"
+
+    model_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class CatalogSyncRun(Base):
+    """The report of one sync attempt, successful or not."""
+
+    __tablename__ = "catalog_sync_runs"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    trigger: Mapped[str] = mapped_column(String(16))  # startup | schedule | cli | api
+    source: Mapped[str] = mapped_column(String(500))
+    status: Mapped[str] = mapped_column(String(16), index=True)  # running | ok | failed | skipped
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    fetched: Mapped[int] = mapped_column(Integer, default=0)
+    added: Mapped[int] = mapped_column(Integer, default=0)
+    updated: Mapped[int] = mapped_column(Integer, default=0)
+    price_changes: Mapped[int] = mapped_column(Integer, default=0)
+    deactivated: Mapped[int] = mapped_column(Integer, default=0)
+    reactivated: Mapped[int] = mapped_column(Integer, default=0)
+    newly_expiring: Mapped[int] = mapped_column(Integer, default=0)
+    # The ids behind each count (price changes with old and new prices), capped in size by the sync.
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class CatalogLock(Base):
+    """A named lease: whoever holds an unexpired lease may sync; works the same on SQLite and PostgreSQL."""
+
+    __tablename__ = "catalog_locks"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(64))
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

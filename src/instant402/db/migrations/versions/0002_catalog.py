@@ -1,23 +1,112 @@
-"""catalog tables
+"""catalog: models, curated list, sync reports, sync lock
 
 Revision ID: 0002_catalog
 Revises: 0001_accounts
 """
 
-import sqlalchemy as sa  # noqa: F401
-from alembic import op  # noqa: F401
+import sqlalchemy as sa
+from alembic import op
 
-from instant402.db.base import UTCDateTime  # noqa: F401
+from instant402.db.base import BigIntPK, ExactDecimal, UTCDateTime
 
 revision = "0002_catalog"
 down_revision = "0001_accounts"
 branch_labels = None
 depends_on = None
 
+_MODEL_INDEXES = [
+    "name",
+    "provider",
+    "modality",
+    "context_length",
+    "prompt_price_micro",
+    "completion_price_micro",
+    "created",
+    "is_active",
+]
+
 
 def upgrade() -> None:
-    pass
+    op.create_table(
+        "models",
+        sa.Column("id", sa.String(255), nullable=False),
+        sa.Column("canonical_slug", sa.String(255), nullable=True),
+        sa.Column("name", sa.String(255), nullable=False),
+        sa.Column("description", sa.Text(), nullable=False),
+        sa.Column("provider", sa.String(100), nullable=False),
+        sa.Column("provider_name", sa.String(100), nullable=False),
+        sa.Column("modality", sa.String(16), nullable=False),
+        sa.Column("input_modalities", sa.JSON(), nullable=False),
+        sa.Column("output_modalities", sa.JSON(), nullable=False),
+        sa.Column("context_length", sa.Integer(), nullable=True),
+        sa.Column("max_completion_tokens", sa.Integer(), nullable=True),
+        sa.Column("prompt_price", ExactDecimal(), nullable=True),
+        sa.Column("completion_price", ExactDecimal(), nullable=True),
+        sa.Column("request_price", ExactDecimal(), nullable=True),
+        sa.Column("image_price", ExactDecimal(), nullable=True),
+        sa.Column("image_output_price", ExactDecimal(), nullable=True),
+        sa.Column("prompt_price_micro", sa.BigInteger(), nullable=True),
+        sa.Column("completion_price_micro", sa.BigInteger(), nullable=True),
+        sa.Column("supported_parameters", sa.JSON(), nullable=False),
+        sa.Column("supports_vision", sa.Boolean(), nullable=False),
+        sa.Column("supports_tools", sa.Boolean(), nullable=False),
+        sa.Column("supports_structured_output", sa.Boolean(), nullable=False),
+        sa.Column("supports_reasoning", sa.Boolean(), nullable=False),
+        sa.Column("is_free", sa.Boolean(), nullable=False),
+        sa.Column("produces_image", sa.Boolean(), nullable=False),
+        sa.Column("is_moderated", sa.Boolean(), nullable=False),
+        sa.Column("created", UTCDateTime(), nullable=True),
+        sa.Column("expiration_date", sa.Date(), nullable=True),
+        sa.Column("raw", sa.JSON(), nullable=False),
+        sa.Column("search_text", sa.Text(), nullable=False),
+        sa.Column("first_seen_at", UTCDateTime(), nullable=False),
+        sa.Column("last_seen_at", UTCDateTime(), nullable=False),
+        sa.Column("is_active", sa.Boolean(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_models")),
+    )
+    for column in _MODEL_INDEXES:
+        op.create_index(op.f(f"ix_models_{column}"), "models", [column])
+    op.create_table(
+        "catalog_curated",
+        sa.Column("model_id", sa.String(255), nullable=False),
+        sa.Column("position", sa.Integer(), nullable=False),
+        sa.Column("added_at", UTCDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("model_id", name=op.f("pk_catalog_curated")),
+    )
+    op.create_table(
+        "catalog_sync_runs",
+        sa.Column("id", BigIntPK, autoincrement=True, nullable=False),
+        sa.Column("trigger", sa.String(16), nullable=False),
+        sa.Column("source", sa.String(500), nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("started_at", UTCDateTime(), nullable=False),
+        sa.Column("finished_at", UTCDateTime(), nullable=True),
+        sa.Column("fetched", sa.Integer(), nullable=False),
+        sa.Column("added", sa.Integer(), nullable=False),
+        sa.Column("updated", sa.Integer(), nullable=False),
+        sa.Column("price_changes", sa.Integer(), nullable=False),
+        sa.Column("deactivated", sa.Integer(), nullable=False),
+        sa.Column("reactivated", sa.Integer(), nullable=False),
+        sa.Column("newly_expiring", sa.Integer(), nullable=False),
+        sa.Column("details", sa.JSON(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_catalog_sync_runs")),
+    )
+    op.create_index(op.f("ix_catalog_sync_runs_status"), "catalog_sync_runs", ["status"])
+    op.create_table(
+        "catalog_locks",
+        sa.Column("name", sa.String(32), nullable=False),
+        sa.Column("holder", sa.String(64), nullable=True),
+        sa.Column("expires_at", UTCDateTime(), nullable=True),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_catalog_locks")),
+    )
 
 
 def downgrade() -> None:
-    pass
+    op.drop_table("catalog_locks")
+    op.drop_index(op.f("ix_catalog_sync_runs_status"), table_name="catalog_sync_runs")
+    op.drop_table("catalog_sync_runs")
+    op.drop_table("catalog_curated")
+    for column in reversed(_MODEL_INDEXES):
+        op.drop_index(op.f(f"ix_models_{column}"), table_name="models")
+    op.drop_table("models")
