@@ -44,6 +44,9 @@ class Settings(BaseSettings):
 
     redis_url: str | None = None
 
+    # Resources: the CAIP-2 network a new resource is priced on unless its creator picks another.
+    default_network: str = "eip155:8453"
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
