@@ -6,10 +6,22 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Date, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Date, Integer, String, Text, select
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
+from instant402.catalog.parse import price_per_million
 from instant402.db.base import Base, BigIntPK, ExactDecimal, UTCDateTime, utcnow
+
+__all__ = [
+    "CatalogLock",
+    "CatalogModel",
+    "CatalogSyncRun",
+    "CuratedModel",
+    "get_model",
+    "get_models",
+    "price_per_million",
+]
 
 
 class CatalogModel(Base):
@@ -52,6 +64,7 @@ class CatalogModel(Base):
     created: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     expiration_date: Mapped[date | None] = mapped_column(Date)
     raw: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    content_hash: Mapped[str] = mapped_column(String(64), default="")  # SHA-256 of raw: skip unchanged rows
     # Lower-cased id, name and description in one column, so a search scans one value per row.
     search_text: Mapped[str] = mapped_column(Text, default="")
 
@@ -101,3 +114,18 @@ class CatalogLock(Base):
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     holder: Mapped[str | None] = mapped_column(String(64))
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+async def get_model(db: AsyncSession, model_id: str) -> CatalogModel | None:
+    """The stored model (active or not), or None."""
+    return await db.get(CatalogModel, model_id)
+
+
+async def get_models(db: AsyncSession, ids: list[str]) -> dict[str, CatalogModel]:
+    """The stored models among ``ids`` (active or not), keyed by id; unknown ids are left out."""
+    wanted = list(dict.fromkeys(ids))
+    found: dict[str, CatalogModel] = {}
+    for start in range(0, len(wanted), 500):
+        result = await db.execute(select(CatalogModel).where(CatalogModel.id.in_(wanted[start : start + 500])))
+        found.update((m.id, m) for m in result.scalars())
+    return found

@@ -58,6 +58,7 @@ def upgrade() -> None:
         sa.Column("created", UTCDateTime(), nullable=True),
         sa.Column("expiration_date", sa.Date(), nullable=True),
         sa.Column("raw", sa.JSON(), nullable=False),
+        sa.Column("content_hash", sa.String(64), nullable=False),
         sa.Column("search_text", sa.Text(), nullable=False),
         sa.Column("first_seen_at", UTCDateTime(), nullable=False),
         sa.Column("last_seen_at", UTCDateTime(), nullable=False),
