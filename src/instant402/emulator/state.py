@@ -1,0 +1,201 @@
+"""In-memory state of one emulator: keys and their credit, scripted faults, the call log and counters."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+FAULT_KINDS = ("http", "latency", "stream_error", "finish_error", "malformed", "empty")
+FAULT_STATUSES = (400, 401, 402, 403, 404, 408, 413, 422, 429, 500, 502, 503, 524, 529)
+MAX_CALLS_KEPT = 10_000
+
+
+def mask_key(key: str) -> str:
+    """OpenRouter's key label: the first 12 characters, an ellipsis, the last 3 (short keys show less)."""
+    if len(key) <= 18:
+        return f"{key[:3]}...{key[-2:]}" if len(key) > 8 else "***"
+    return f"{key[:12]}...{key[-3:]}"
+
+
+@dataclass(slots=True)
+class KeyState:
+    key: str
+    label: str
+    limit: Decimal | None = None
+    usage: Decimal = Decimal(0)
+    is_free_tier: bool = False
+    created_at: float = field(default_factory=time.time)
+
+    @property
+    def remaining(self) -> Decimal | None:
+        return None if self.limit is None else self.limit - self.usage
+
+    def public(self) -> dict:
+        """The body of `GET /key` (`data`), numbers as JSON floats like the real API."""
+        remaining = self.remaining
+        usage = float(self.usage)
+        return {
+            "label": self.label,
+            "limit": None if self.limit is None else float(self.limit),
+            "limit_remaining": None if remaining is None else float(remaining),
+            "limit_reset": None,
+            "usage": usage,
+            "usage_daily": usage,
+            "usage_weekly": usage,
+            "usage_monthly": usage,
+            "byok_usage": 0.0,
+            "byok_usage_daily": 0.0,
+            "byok_usage_weekly": 0.0,
+            "byok_usage_monthly": 0.0,
+            "include_byok_in_limit": False,
+            "is_free_tier": self.is_free_tier,
+            "is_management_key": False,
+            "is_provisioning_key": False,
+            "creator_user_id": None,
+            "expires_at": None,
+            "rate_limit": {"requests": -1, "interval": "10s", "note": "This field is deprecated and safe to ignore."},
+        }
+
+    def control_view(self) -> dict:
+        remaining = self.remaining
+        return {
+            "label": self.label,
+            "limit": None if self.limit is None else str(self.limit),
+            "usage": str(self.usage),
+            "limit_remaining": None if remaining is None else str(remaining),
+            "is_free_tier": self.is_free_tier,
+        }
+
+
+@dataclass(slots=True)
+class Fault:
+    """One scripted misbehaviour, matched by key and/or model, for the next ``times`` calls (None = until cleared)."""
+
+    id: int
+    kind: str
+    status: int | None = None
+    key: str | None = None
+    model: str | None = None
+    times: int | None = None
+    latency_ms: int = 0
+    retry_after: int | None = None
+    message: str | None = None
+    after_chunks: int = 2
+    used: int = 0
+
+    def matches(self, key: str, model: str | None) -> bool:
+        if self.times is not None and self.used >= self.times:
+            return False
+        if self.key is not None and self.key != key:
+            return False
+        return self.model is None or self.model == model
+
+    def view(self) -> dict:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "status": self.status,
+            "key": mask_key(self.key) if self.key else None,
+            "model": self.model,
+            "times": self.times,
+            "used": self.used,
+            "latency_ms": self.latency_ms,
+            "retry_after": self.retry_after,
+            "message": self.message,
+            "after_chunks": self.after_chunks,
+        }
+
+
+class EmulatorState:
+    """Everything mutable; single event loop, so plain attributes are safe."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, KeyState] = {}
+        self.faults: list[Fault] = []
+        self._fault_ids = itertools.count(1)
+        self._call_ids = itertools.count(1)
+        self.calls: deque[dict] = deque(maxlen=MAX_CALLS_KEPT)
+        self.in_flight = 0
+        self.reset_stats()
+
+    # keys
+    def add_key(
+        self, key: str, limit: Decimal | None = None, label: str | None = None, is_free_tier: bool = False
+    ) -> KeyState:
+        state = KeyState(key=key, label=label or mask_key(key), limit=limit, is_free_tier=is_free_tier)
+        self.keys[key] = state
+        return state
+
+    # faults
+    def add_fault(self, **fields) -> Fault:
+        fault = Fault(id=next(self._fault_ids), **fields)
+        self.faults.append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        self.faults.clear()
+
+    def take_fault(self, key: str, model: str | None, kinds: tuple[str, ...]) -> Fault | None:
+        """The first live fault of one of ``kinds`` for this call, counted as used."""
+        for fault in self.faults:
+            if fault.kind in kinds and fault.matches(key, model):
+                fault.used += 1
+                return fault
+        return None
+
+    def take_latency(self, key: str, model: str | None) -> int:
+        total = 0
+        for fault in self.faults:
+            if fault.kind == "latency" and fault.matches(key, model):
+                fault.used += 1
+                total += fault.latency_ms
+        return total
+
+    # calls and counters
+    def reset_stats(self) -> None:
+        # Calls still running stay counted in flight; they finish against the fresh counters.
+        self.calls.clear()
+        self.max_in_flight = self.in_flight
+        self.total_calls = 0
+        self.by_status: dict[int, int] = {}
+
+    def call_started(self, model_requested: str | None, key_label: str | None, stream: bool) -> dict:
+        self.in_flight += 1
+        self.total_calls += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        call = {
+            "id": next(self._call_ids),
+            "model_requested": model_requested,
+            "model_used": None,
+            "key_label": key_label,
+            "stream": stream,
+            "status": None,
+            "finish_reason": None,
+            "fault": None,
+            "cost": None,
+            "started_at": time.time(),
+            "ended_at": None,
+        }
+        self.calls.append(call)
+        return call
+
+    def call_ended(self, call: dict, status: int) -> None:
+        if call["ended_at"] is not None:
+            return
+        self.in_flight -= 1
+        call["status"] = status
+        call["ended_at"] = time.time()
+        self.by_status[status] = self.by_status.get(status, 0) + 1
+
+    def stats(self) -> dict:
+        return {
+            "total_calls": self.total_calls,
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+            "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
+            "keys": len(self.keys),
+            "faults": len(self.faults),
+        }
