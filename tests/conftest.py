@@ -145,3 +145,20 @@ def require_service(name: str, host: str, port: int) -> None:
     if os.environ.get("INSTANT402_TEST_REQUIRE_SERVICES") == "1":
         pytest.fail(f"{name} is required at {host}:{port} but does not answer")
     pytest.skip(f"{name} not running at {host}:{port}")
+
+
+@pytest.fixture(scope="session")
+def emulator_server():
+    """One OpenRouter emulator (sandbox catalog, control API on) over real HTTP for the whole run."""
+    from tests.support.emulator import running_emulator
+
+    with running_emulator() as handle:
+        yield handle
+
+
+@pytest.fixture
+def emulator(emulator_server):
+    """The shared emulator with no faults and an empty call log."""
+    emulator_server.clear_faults()
+    emulator_server.reset()
+    return emulator_server

@@ -49,6 +49,19 @@ def sandbox(
     run_sandbox(port=port, data_dir=data_dir)
 
 
+@app.command()
+def emulator(
+    host: str = typer.Option("127.0.0.1", help="Address to bind."),
+    port: int = typer.Option(8765, help="Port to bind."),
+    catalog: Path = typer.Option(None, help="Models JSON to serve (default: the bundled sandbox catalog)."),
+    control: bool = typer.Option(False, "--control/--no-control", help="Mount the /_emulator/ scripting API."),
+):
+    """Run the offline OpenRouter emulator (base URL http://HOST:PORT/api/v1)."""
+    from instant402.emulator.app import run_emulator
+
+    run_emulator(host=host, port=port, catalog_path=catalog, control=control)
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: str = typer.Argument("head", help="Target revision.")):
     """Apply migrations up to REVISION (default: the newest)."""

@@ -409,3 +409,11 @@ def create_emulator_app(catalog_path: Path | None = None, *, control: bool = Fal
     app = Starlette(routes=routes)
     app.state.emulator = emulator
     return app
+
+
+def run_emulator(host: str = "127.0.0.1", port: int = 8765, catalog_path: Path | None = None, control: bool = False):
+    """Serve the emulator with uvicorn until interrupted (the `instant402 emulator` command)."""
+    import uvicorn
+
+    app = create_emulator_app(catalog_path, control=control)
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")
