@@ -1,0 +1,223 @@
+"""An in-process EVM chain (py-evm through web3's tester provider) with a USDC-like EIP-3009 token."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import threading
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from eth_account import Account
+from web3 import EthereumTesterProvider, Web3
+
+TOKEN_SOURCE = Path(__file__).with_name("token.vy")
+ASSET_NAME = "USD Coin"  # EIP-712 domain name, as on Base mainnet USDC
+ASSET_VERSION = "2"
+TOKEN_DECIMALS = 6
+DEFAULT_BUYER_BALANCE = 1_000 * 10**TOKEN_DECIMALS  # 1,000 USDC
+_GAS_FUNDING_WEI = 1_000 * 10**18
+
+
+class LockedTesterProvider(EthereumTesterProvider):
+    """The tester provider with every JSON-RPC request serialised: py-evm is not thread-safe."""
+
+    def __init__(self, lock: threading.RLock, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.lock = lock
+
+    def make_request(self, method, params):
+        with self.lock:
+            return super().make_request(method, params)
+
+
+@dataclass(frozen=True)
+class DevnetAccount:
+    address: str
+    private_key: str  # 0x-prefixed hex
+
+
+@dataclass(frozen=True)
+class TransferEvent:
+    sender: str
+    receiver: str
+    value: int
+    transaction: str
+    block: int
+
+
+@cache
+def _compile_in_memory(source: str) -> tuple[str, tuple]:
+    import vyper
+
+    out = vyper.compile_code(source, output_formats=["abi", "bytecode"])
+    return out["bytecode"], json.dumps(out["abi"])
+
+
+def compile_token(cache_dir: Path | None = None) -> tuple[list[dict], str]:
+    """(abi, bytecode) of the devnet token; cached by source hash in ``cache_dir`` (compiling takes ~1 s)."""
+    source = TOKEN_SOURCE.read_text()
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    path = cache_dir / f"token-{digest}.json" if cache_dir else None
+    if path and path.exists():
+        try:
+            data = json.loads(path.read_text())
+            return data["abi"], data["bytecode"]
+        except (ValueError, KeyError):
+            pass  # a damaged cache is simply rebuilt
+    bytecode, abi_json = _compile_in_memory(source)
+    abi = json.loads(abi_json)
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"abi": abi, "bytecode": bytecode}))
+        tmp.replace(path)
+    return abi, bytecode
+
+
+def _new_account() -> DevnetAccount:
+    acct = Account.from_key("0x" + secrets.token_hex(32))
+    return DevnetAccount(acct.address, acct.key.to_0x_hex())
+
+
+def _load_keys(data_dir: Path | None, buyers: int) -> tuple[DevnetAccount, list[DevnetAccount]]:
+    """Facilitator and buyer keys; kept in the data dir so a restarted sandbox reuses the same accounts."""
+    path = data_dir / "devnet" / "keys.json" if data_dir else None
+    stored: dict[str, Any] = {}
+    if path and path.exists():
+        stored = json.loads(path.read_text())
+
+    def account(key: str) -> DevnetAccount:
+        return DevnetAccount(Account.from_key(key).address, key)
+
+    facilitator = account(stored["facilitator"]) if "facilitator" in stored else _new_account()
+    buyer_list = [account(k) for k in stored.get("buyers", [])][:buyers]
+    while len(buyer_list) < buyers:
+        buyer_list.append(_new_account())
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        keep = stored.get("buyers", [])
+        keys = [b.private_key for b in buyer_list] + keep[len(buyer_list) :]
+        path.write_text(json.dumps({"facilitator": facilitator.private_key, "buyers": keys}, indent=2))
+        path.chmod(0o600)
+    return facilitator, buyer_list
+
+
+class Devnet:
+    """A running local chain with the token deployed and funded accounts. Build with ``Devnet.start``."""
+
+    def __init__(
+        self,
+        w3: Web3,
+        token: Any,
+        owner: str,
+        facilitator: DevnetAccount,
+        buyers: list[DevnetAccount],
+        lock: threading.RLock,
+    ):
+        self.w3 = w3
+        self.token_contract = token
+        self.token: str = token.address
+        self.owner = owner
+        self.facilitator_account = facilitator
+        self.buyers = buyers
+        self.lock = lock
+        self.chain_id: int = w3.eth.chain_id
+        self.network = f"eip155:{self.chain_id}"
+        self.asset_name = ASSET_NAME
+        self.asset_version = ASSET_VERSION
+        self.decimals = TOKEN_DECIMALS
+
+    @classmethod
+    def start(
+        cls,
+        data_dir: Path | str | None = None,
+        buyers: int = 3,
+        buyer_balance: int = DEFAULT_BUYER_BALANCE,
+    ) -> Devnet:
+        """Start a fresh chain, deploy the token, fund the facilitator with gas and the buyers with tokens.
+
+        The chain lives in memory; with a ``data_dir`` the compiled token and the account keys are kept there,
+        so a restart gets the same token address (first deployment of the same deployer) and the same keys.
+        """
+        data_dir = Path(data_dir) if data_dir else None
+        abi, bytecode = compile_token(data_dir / "devnet" if data_dir else None)
+        lock = threading.RLock()
+        w3 = Web3(LockedTesterProvider(lock))
+        owner = w3.eth.accounts[0]
+        tx = w3.eth.contract(abi=abi, bytecode=bytecode).constructor().transact({"from": owner})
+        address = w3.eth.wait_for_transaction_receipt(tx)["contractAddress"]
+        token = w3.eth.contract(address=address, abi=abi)
+        facilitator, buyer_accounts = _load_keys(data_dir, buyers)
+        devnet = cls(w3, token, owner, facilitator, buyer_accounts, lock)
+        devnet.fund_gas(facilitator.address)
+        for buyer in buyer_accounts:
+            devnet.fund_gas(buyer.address, 10**18)
+            if buyer_balance:
+                devnet.mint(buyer.address, buyer_balance)
+        return devnet
+
+    # -- accounts -------------------------------------------------------------------------------------------
+
+    def new_account(self, usdc: int = 0, eth_wei: int = 10**18) -> DevnetAccount:
+        """A fresh funded account (tests: an extra buyer, an underfunded buyer, a payee)."""
+        acct = _new_account()
+        if eth_wei:
+            self.fund_gas(acct.address, eth_wei)
+        if usdc:
+            self.mint(acct.address, usdc)
+        return acct
+
+    def fund_gas(self, address: str, wei: int = _GAS_FUNDING_WEI) -> None:
+        tx = self.w3.eth.send_transaction({"from": self.owner, "to": Web3.to_checksum_address(address), "value": wei})
+        self.w3.eth.wait_for_transaction_receipt(tx)
+
+    # -- token ------------------------------------------------------------------------------------------------
+
+    def mint(self, address: str, amount: int) -> str:
+        """Mint ``amount`` atomic units to ``address``; returns the transaction hash."""
+        tx = self.token_contract.functions.mint(Web3.to_checksum_address(address), int(amount)).transact(
+            {"from": self.owner}
+        )
+        self.w3.eth.wait_for_transaction_receipt(tx)
+        return tx.to_0x_hex()
+
+    def balance_of(self, address: str) -> int:
+        return int(self.token_contract.functions.balanceOf(Web3.to_checksum_address(address)).call())
+
+    def authorization_used(self, authorizer: str, nonce: str | bytes) -> bool:
+        raw = bytes.fromhex(nonce.removeprefix("0x")) if isinstance(nonce, str) else nonce
+        fn = self.token_contract.functions.authorizationState(Web3.to_checksum_address(authorizer), raw)
+        return bool(fn.call())
+
+    def transfers(
+        self,
+        from_block: int = 0,
+        to_block: int | str = "latest",
+        *,
+        sender: str | None = None,
+        receiver: str | None = None,
+    ) -> list[TransferEvent]:
+        """Token Transfer events (mints have sender 0x0), oldest first, to reconcile records with the chain."""
+        logs = self.token_contract.events.Transfer.get_logs(from_block=from_block, to_block=to_block)
+        events = [
+            TransferEvent(
+                sender=log["args"]["sender"],
+                receiver=log["args"]["receiver"],
+                value=int(log["args"]["value"]),
+                transaction=log["transactionHash"].to_0x_hex(),
+                block=int(log["blockNumber"]),
+            )
+            for log in logs
+        ]
+        if sender:
+            events = [e for e in events if e.sender.lower() == sender.lower()]
+        if receiver:
+            events = [e for e in events if e.receiver.lower() == receiver.lower()]
+        return events
+
+    def block_number(self) -> int:
+        return int(self.w3.eth.block_number)

@@ -1,0 +1,73 @@
+"""An x402 facilitator for the devnet, built from the SDK's own facilitator classes.
+
+The SDK's ``FacilitatorWeb3Signer`` only takes an RPC URL; ``DevnetSigner`` builds it normally and then points it
+at the devnet's in-process Web3. Only the devnet network is registered (the SDK's ``register_exact_evm_facilitator``
+would also advertise a list of real v1 networks bound to this local key).
+
+The SDK's facilitator is synchronous underneath (blocking web3 calls), so ``LocalFacilitator`` runs verify/settle
+in a worker thread; the chain itself serialises requests (see ``LockedTesterProvider``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from x402 import x402FacilitatorSync
+from x402.mechanisms.evm.exact import ExactEvmFacilitatorScheme, ExactEvmSchemeConfig
+from x402.mechanisms.evm.signers import FacilitatorWeb3Signer
+from x402.schemas import PaymentPayload, PaymentRequirements, SettleResponse, SupportedResponse, VerifyResponse
+
+from instant402.payments.devnet.chain import Devnet
+
+log = logging.getLogger(__name__)
+
+# Never dialled: the signer's own HTTP provider is replaced by the devnet's Web3 right after construction.
+_UNUSED_RPC_URL = "http://127.0.0.1:9/unused"
+
+
+class DevnetSigner(FacilitatorWeb3Signer):
+    """The SDK's web3 facilitator signer, reusing the devnet's in-process Web3 instead of an RPC URL."""
+
+    def __init__(self, devnet: Devnet, confirmation_timeout_seconds: float = 30):
+        super().__init__(
+            private_key=devnet.facilitator_account.private_key,
+            rpc_url=_UNUSED_RPC_URL,
+            confirmation_timeout_seconds=confirmation_timeout_seconds,
+        )
+        self._w3 = devnet.w3
+        self._chain_id = devnet.chain_id
+
+
+class LocalFacilitator:
+    """An in-process facilitator with the SDK's ``FacilitatorClient`` shape (async verify/settle, get_supported).
+
+    Plug it into ``x402ResourceServer`` (our gateway or the SDK middleware) or serve it with ``facilitator_app``.
+    """
+
+    def __init__(self, facilitator: x402FacilitatorSync, network: str):
+        self.facilitator = facilitator
+        self.network = network
+        self._supported = facilitator.get_supported()
+
+    def get_supported(self) -> SupportedResponse:
+        return self._supported
+
+    async def verify(self, payload: PaymentPayload, requirements: PaymentRequirements) -> VerifyResponse:
+        return await asyncio.to_thread(self.facilitator.verify, payload, requirements)
+
+    async def settle(self, payload: PaymentPayload, requirements: PaymentRequirements) -> SettleResponse:
+        return await asyncio.to_thread(self.facilitator.settle, payload, requirements)
+
+
+def build_facilitator(devnet: Devnet, *, simulate_in_settle: bool = True) -> LocalFacilitator:
+    """The SDK facilitator (exact scheme, EIP-3009) for ``devnet.network`` only.
+
+    ``simulate_in_settle`` re-simulates the transfer before sending it, so a payment that became invalid between
+    verify and settle (replay, spent balance) is refused without burning gas on a reverted transaction.
+    """
+    config = ExactEvmSchemeConfig(simulate_in_settle=simulate_in_settle)
+    scheme = ExactEvmFacilitatorScheme(DevnetSigner(devnet), config)
+    facilitator = x402FacilitatorSync()
+    facilitator.register([devnet.network], scheme)
+    return LocalFacilitator(facilitator, devnet.network)
