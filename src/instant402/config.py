@@ -47,6 +47,16 @@ class Settings(BaseSettings):
     # Resources: the CAIP-2 network a new resource is priced on unless its creator picks another.
     default_network: str = "eip155:8453"
 
+    # Payments (x402): the facilitator that verifies and settles, and what buyers pay with.
+    facilitator_url: str = "https://x402.org/facilitator"
+    facilitator_auth_header: str | None = Field(default=None, repr=False)  # sent as Authorization to the facilitator
+    network: str = "eip155:84532"  # CAIP-2 network of payments (Base Sepolia; Base mainnet is eip155:8453)
+    asset_address: str = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"  # USDC on Base Sepolia
+    asset_name: str = "USDC"  # the token's EIP-712 domain name (Base mainnet USDC: "USD Coin")
+    asset_version: str = "2"  # the token's EIP-712 domain version
+    max_timeout_seconds: int = 120  # default validity of a signed payment; keep just above the longest run
+    buyer_private_key: str | None = Field(default=None, repr=False)  # key `instant402 call` pays with
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
