@@ -38,11 +38,26 @@ class Settings(BaseSettings):
 
     # OpenRouter (or the emulator).
     openrouter_base_url: str = "https://openrouter.ai/api/v1"
+    openrouter_key_check_timeout: float = 5.0  # seconds for the live check of a creator's key (GET /key)
 
     # Key vault: comma-separated "version:base64key" pairs; the highest version encrypts.
     master_keys: str | None = Field(default=None, repr=False)
 
     redis_url: str | None = None
+
+    # Execution: upstream calls (the product owns retries; the openai SDK's own retries are off).
+    upstream_timeout_seconds: float = 120.0  # one attempt's limit; the call's deadline may cut it shorter
+    upstream_max_attempts: int = 3  # attempts per model for transient failures, before the next fallback model
+    upstream_backoff_base_seconds: float = 0.5  # exponential backoff with full jitter: base * 2^n, capped below
+    upstream_backoff_max_seconds: float = 8.0
+    # Execution limits: in-flight upstream calls per creator, with a bounded wait queue.
+    creator_concurrency: int = 8
+    creator_queue_size: int = 16
+    creator_max_wait_seconds: float = 5.0
+    capacity_retry_after_seconds: int = 5  # Retry-After sent with "over capacity" 503s
+    concurrency_lease_seconds: float = 60.0  # Redis slot lease, renewed while held; frees slots of crashed processes
+    rate_limit_ip_per_minute: int = 120  # paid route and public API, per client IP (0: off)
+    rate_limit_payer_per_minute: int = 60  # paid route, per paying address (0: off)
 
     # Resources: the CAIP-2 network a new resource is priced on unless its creator picks another.
     default_network: str = "eip155:8453"
