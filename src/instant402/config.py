@@ -59,9 +59,6 @@ class Settings(BaseSettings):
     rate_limit_ip_per_minute: int = 120  # paid route and public API, per client IP (0: off)
     rate_limit_payer_per_minute: int = 60  # paid route, per paying address (0: off)
 
-    # Resources: the CAIP-2 network a new resource is priced on unless its creator picks another.
-    default_network: str = "eip155:8453"
-
     # Payments (x402): the facilitator that verifies and settles, and what buyers pay with.
     facilitator_url: str = "https://x402.org/facilitator"
     facilitator_auth_header: str | None = Field(default=None, repr=False)  # sent as Authorization to the facilitator
