@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from instant402.catalog.cli import catalog_app
 from instant402.config import load_settings
 
 app = typer.Typer(help="instant402: pay-per-call AI resources behind x402.", no_args_is_help=True)
@@ -15,6 +16,7 @@ db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 users_app = typer.Typer(help="Administer creator accounts.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
+app.add_typer(catalog_app, name="catalog")
 
 
 @app.command()
