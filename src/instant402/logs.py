@@ -1,12 +1,16 @@
-"""Logging set-up: plain text for people, JSON lines in production."""
+"""Logging set-up: plain text for people, JSON lines in production; secrets masked on every handler."""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
+from typing import TextIO
 
 from instant402.config import Settings
+from instant402.keys.redaction import RedactingFilter, install_redaction, redact
+
+__all__ = ["JsonFormatter", "RedactingFilter", "configure_logging", "redact"]
 
 
 class JsonFormatter(logging.Formatter):
@@ -17,17 +21,27 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+        # The redacting filter leaves the (masked) traceback in exc_text.
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        elif record.exc_info:
+            entry["exception"] = redact(self.formatException(record.exc_info))
         return json.dumps(entry)
 
 
-def configure_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+def configure_logging(settings: Settings, stream: TextIO | None = None) -> logging.Handler:
+    """Send every log line to one handler (stderr by default) with secrets masked; return that handler."""
+    handler = logging.StreamHandler(stream or sys.stderr)
     if settings.json_logs:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    install_redaction(handler)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
+    # Loggers with their own handlers (uvicorn's, for instance) do not reach the root one: mask there too.
+    for logger in list(logging.Logger.manager.loggerDict.values()):
+        for other in getattr(logger, "handlers", []):
+            install_redaction(other)
+    return handler
