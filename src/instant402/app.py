@@ -9,12 +9,14 @@ from fastapi import FastAPI
 from instant402 import __version__
 from instant402.accounts.routes import router as accounts_router
 from instant402.catalog.routes import router as catalog_router
-from instant402.config import Settings, load_settings
+from instant402.config import Mode, Settings, load_settings
 from instant402.db import Database
 from instant402.errors import install_error_handlers
 from instant402.execution.routes import router as execution_router
 from instant402.health import router as health_router
 from instant402.keys.routes import router as keys_router
+from instant402.keys.vault import load_vault
+from instant402.logs import configure_logging
 from instant402.payments.routes import router as payments_router
 from instant402.resources.routes import router as resources_router
 from instant402.usage.routes import router as usage_router
@@ -23,6 +25,10 @@ from instant402.web import mount_web
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
+    # Production refuses to start without INSTANT402_MASTER_KEYS (MasterKeyError says how to make one).
+    vault = load_vault(settings)
+    if settings.mode == Mode.production:  # JSON lines, secrets masked (the sandbox sets up its own)
+        configure_logging(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -37,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.db = Database(settings)
+    app.state.vault = vault
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(accounts_router)

@@ -10,12 +10,14 @@ import typer
 
 from instant402.catalog.cli import catalog_app
 from instant402.config import load_settings
+from instant402.keys.cli import keys_app, require_vault
 
 app = typer.Typer(help="instant402: pay-per-call AI resources behind x402.", no_args_is_help=True)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 users_app = typer.Typer(help="Administer creator accounts.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
+app.add_typer(keys_app, name="keys")
 app.add_typer(catalog_app, name="catalog")
 
 
@@ -29,6 +31,7 @@ def serve(
     import uvicorn
 
     settings = load_settings()
+    require_vault(settings)  # a clear error (and exit 2) instead of a traceback when master keys are missing
     uvicorn.run(
         "instant402.app:create_app",
         factory=True,
