@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
 
+import aiohttp
 import openai
 from openai import AsyncOpenAI, DefaultAioHttpClient
 
@@ -264,7 +265,9 @@ class Upstream:
                 model,
                 retry_after_header=exc.response.headers.get("retry-after"),
             ) from None
-        except openai.APITimeoutError:
+        except openai.APITimeoutError as exc:
+            if _refused(exc):  # the aiohttp transport reports a refused connection as a connect timeout
+                raise E.unreachable(model, "connection refused") from None
             raise E.timed_out(model, timeout, deadline=timeout >= remaining) from None
         except openai.APIConnectionError as exc:
             raise E.unreachable(model, type(exc.__cause__ or exc).__name__) from None
@@ -309,6 +312,18 @@ class Upstream:
             cost=_decimal(getattr(usage, "cost", None)),
             generation_id=gen_id,
         )
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether an exception chain holds a refused or failed TCP connect (not a slow answer)."""
+    seen = 0
+    cause: BaseException | None = exc
+    while cause is not None and seen < 8:
+        if isinstance(cause, ConnectionError | aiohttp.ClientConnectorError) and not isinstance(cause, TimeoutError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+        seen += 1
+    return False
 
 
 def _parse_body(content: bytes, model: str, generation_id: str | None) -> _Answer:
