@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from instant402.catalog.curation import seed_default_curated
 from instant402.catalog.models import CatalogLock, CatalogModel, CatalogSyncRun
-from instant402.catalog.parse import PRICE_FIELDS, InvalidModel, parse_model, provider_display_names
+from instant402.catalog.parse import PRICE_FIELDS, InvalidModel, format_decimal, parse_model, provider_display_names
 from instant402.db import Database
 from instant402.db.base import utcnow
 
@@ -214,7 +214,7 @@ async def _record_run(database: Database, report: SyncReport, db: AsyncSession |
 
 
 def _price_text(value) -> str | None:
-    return None if value is None else format(value, "f")
+    return format_decimal(value)  # PostgreSQL pads NUMERIC with zeros: normalise
 
 
 async def _apply(database: Database, raw_models: list[Any], report: SyncReport) -> None:
