@@ -348,6 +348,11 @@ async def test_image_output_is_a_real_png(emulator):
     # Without asking for images, the same model writes text only.
     text_only = (await post_chat(emulator, key, chat_body(model=model))).json()
     assert "images" not in text_only["choices"][0]["message"]
+    # An image-only model draws even without `modalities`, and bills the image.
+    drawn = (await post_chat(emulator, key, chat_body("a lighthouse", model="openai/gpt-image-1-mini"))).json()
+    assert drawn["choices"][0]["message"]["content"] is None
+    decode_png(base64.b64decode(drawn["choices"][0]["message"]["images"][0]["image_url"]["url"].split(",", 1)[1]))
+    assert drawn["usage"]["cost"] > 0
 
 
 # faults

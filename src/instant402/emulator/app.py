@@ -197,7 +197,8 @@ class Emulator:
         seed = generate.digest(messages)
         fmt = body.get("response_format") if isinstance(body.get("response_format"), dict) else {}
         modalities = body.get("modalities") if isinstance(body.get("modalities"), list) else ["text"]
-        want_images = info.writes_images and "image" in modalities
+        # Image-only models always draw; text+image models draw when asked to.
+        want_images = info.writes_images and ("image" in modalities or not info.writes_text)
         want_text = info.writes_text and ("text" in modalities or not want_images)
 
         content: str | None = None
