@@ -30,7 +30,7 @@ class ParamSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(pattern=f"^{PARAM_NAME.pattern}$", description="Letters, digits and _, not starting with a digit.")
+    name: str = Field(pattern=f"^{PARAM_NAME.pattern}$", description="Letters, digits and _; no leading digit.")
     type: ParamType
     description: str = Field(default="", max_length=500)
     required: bool = False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from instant402.resources.estimate import usd_string
 from instant402.resources.params import ParamSpec, compiled
 
 _JSON_TYPES = {"string": "string", "integer": "integer", "number": "number", "boolean": "boolean", "enum": "string"}
@@ -60,3 +61,102 @@ def output_description(resource: Any) -> dict[str, Any]:
             cached = {"kind": "text", "content_type": "text/plain", "description": "The model's answer as text."}
         comp.schema_cache[key] = cached
     return cached
+
+
+# --- views: what each audience may see of a resource ---------------------------------------------------------------
+
+
+def model_badges(model: Any) -> list[str]:
+    badges = []
+    for flag, badge in (
+        ("supports_vision", "vision"),
+        ("supports_structured_output", "structured_output"),
+        ("produces_image", "image_output"),
+        ("supports_tools", "tools"),
+        ("supports_reasoning", "reasoning"),
+    ):
+        if getattr(model, flag, False):
+            badges.append(badge)
+    return badges
+
+
+def endpoint_url(public_url: str, creator: str, slug: str) -> str:
+    return f"{public_url.rstrip('/')}/{creator}/{slug}"
+
+
+def price_view(price_atomic: int, network: str) -> dict[str, Any]:
+    return {"atomic": str(price_atomic), "usd": usd_string(price_atomic), "asset": "USDC", "network": network}
+
+
+def public_parameters(resource: Any) -> list[dict[str, Any]]:
+    return [p.model_dump(exclude_none=True) for p in compiled(resource).params]
+
+
+def public_view(resource: Any, public_url: str, stats: Any) -> dict[str, Any]:
+    """A resource as anyone may see it: never the system prompt, the template, key state or other tables' ids."""
+    model = resource.model
+    creator = resource.owner.username
+    return {
+        "creator": creator,
+        "slug": resource.slug,
+        "name": resource.name,
+        "description": resource.description,
+        "tags": list(resource.tags or ()),
+        "model": {
+            "id": model.id,
+            "name": model.name,
+            "provider": model.provider,
+            "badges": model_badges(model),
+        },
+        "running_on_fallback": resource.running_on_fallback,
+        "parameters": public_parameters(resource),
+        "input_schema": input_schema(resource),
+        "output": output_description(resource),
+        "price": price_view(resource.price_atomic, resource.network),
+        "network": resource.network,
+        "endpoint": endpoint_url(public_url, creator, resource.slug),
+        "status": resource.status,
+        "available": resource.status == "published",
+        "stats": {"calls": stats.calls, "success_rate": stats.success_rate},
+        "published_at": resource.published_at.isoformat() if resource.published_at else None,
+        "updated_at": resource.updated_at.isoformat(),
+    }
+
+
+def creator_view(resource: Any, public_url: str) -> dict[str, Any]:
+    """The owner's full view, hidden system prompt included."""
+    model = resource.model
+    return {
+        "id": resource.id,
+        "slug": resource.slug,
+        "name": resource.name,
+        "description": resource.description,
+        "tags": list(resource.tags or ()),
+        "model_id": resource.model_id,
+        "model": {"id": model.id, "name": model.name, "is_active": model.is_active, "badges": model_badges(model)},
+        "fallback_model_ids": list(resource.fallback_model_ids or ()),
+        "system_prompt": resource.system_prompt,
+        "prompt_template": resource.prompt_template,
+        "parameters": public_parameters(resource),
+        "temperature": resource.temperature,
+        "top_p": resource.top_p,
+        "max_tokens": resource.max_tokens,
+        "output_kind": resource.output_kind,
+        "output_schema": resource.output_schema,
+        "price_atomic": resource.price_atomic,
+        "price": price_view(resource.price_atomic, resource.network),
+        "network": resource.network,
+        "pay_to": resource.pay_to,
+        "status": resource.status,
+        "pause_kind": resource.pause_kind,
+        "paused_reason": resource.paused_reason,
+        "running_on_fallback": resource.running_on_fallback,
+        "model_warning": resource.model_warning,
+        "endpoint": endpoint_url(public_url, resource.owner.username, resource.slug),
+        "input_schema": input_schema(resource),
+        "output": output_description(resource),
+        "version": resource.version,
+        "created_at": resource.created_at.isoformat(),
+        "updated_at": resource.updated_at.isoformat(),
+        "published_at": resource.published_at.isoformat() if resource.published_at else None,
+    }
