@@ -1,0 +1,119 @@
+"""Recording call attempts and summarising them for creators."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from instant402.db.base import utcnow
+from instant402.usage.models import UsageKind, UsageRecord, UsageStatus
+
+USDC_ATOMIC = Decimal(10) ** 6
+
+
+def usd_from_atomic(amount: int) -> Decimal:
+    return Decimal(amount) / USDC_ATOMIC
+
+
+@dataclass
+class Totals:
+    calls: int = 0
+    succeeded: int = 0
+    earnings_atomic: int = 0  # settled paid calls only
+    upstream_cost_usd: Decimal = Decimal(0)  # every attempt that reached the model, paid or test
+    test_runs: int = 0
+
+    @property
+    def earnings_usd(self) -> Decimal:
+        return usd_from_atomic(self.earnings_atomic)
+
+    @property
+    def margin_usd(self) -> Decimal:
+        return self.earnings_usd - self.upstream_cost_usd
+
+    def add(self, row) -> None:
+        if row.kind == UsageKind.test:
+            self.test_runs += 1
+        else:
+            self.calls += 1
+            if row.status == UsageStatus.succeeded:
+                self.succeeded += 1
+                self.earnings_atomic += row.amount_atomic
+        self.upstream_cost_usd += row.upstream_cost or Decimal(0)
+
+    def as_dict(self) -> dict:
+        return {
+            "calls": self.calls,
+            "succeeded": self.succeeded,
+            "test_runs": self.test_runs,
+            "earnings_atomic": self.earnings_atomic,
+            "earnings_usd": str(self.earnings_usd),
+            "upstream_cost_usd": str(self.upstream_cost_usd),
+            "margin_usd": str(self.margin_usd),
+        }
+
+
+@dataclass
+class Summary:
+    today: Totals
+    window: Totals
+    series: list[tuple[date, Totals]] = field(default_factory=list)
+
+
+async def summarize(
+    db: AsyncSession, owner_id: int, *, days: int = 30, resource_id: int | None = None, now: datetime | None = None
+) -> Summary:
+    """Totals for today and the last ``days`` days, and one point per day (UTC) for charts."""
+    now = now or utcnow()
+    first_day = (now - timedelta(days=days - 1)).date()
+    since = datetime(first_day.year, first_day.month, first_day.day, tzinfo=now.tzinfo)
+    query = select(
+        UsageRecord.created_at,
+        UsageRecord.kind,
+        UsageRecord.status,
+        UsageRecord.amount_atomic,
+        UsageRecord.upstream_cost,
+    ).where(UsageRecord.owner_id == owner_id, UsageRecord.created_at >= since)
+    if resource_id is not None:
+        query = query.where(UsageRecord.resource_id == resource_id)
+    # Summed in Python: costs are exact decimals, which SQLite would sum as floats.
+    per_day: dict[date, Totals] = defaultdict(Totals)
+    window = Totals()
+    for row in (await db.execute(query)).all():
+        per_day[row.created_at.date()].add(row)
+        window.add(row)
+    series = [
+        (first_day + timedelta(days=i), per_day.get(first_day + timedelta(days=i), Totals())) for i in range(days)
+    ]
+    return Summary(today=per_day.get(now.date(), Totals()), window=window, series=series)
+
+
+async def list_attempts(
+    db: AsyncSession,
+    owner_id: int,
+    *,
+    resource_id: int | None = None,
+    status: str | None = None,
+    kind: str | None = None,
+    page: int = 1,
+    per_page: int = 50,
+) -> tuple[int, list[UsageRecord]]:
+    query = select(UsageRecord).where(UsageRecord.owner_id == owner_id)
+    if resource_id is not None:
+        query = query.where(UsageRecord.resource_id == resource_id)
+    if status:
+        query = query.where(UsageRecord.status == status)
+    if kind:
+        query = query.where(UsageRecord.kind == kind)
+    total = await db.scalar(select(func.count()).select_from(query.subquery()))
+    rows = await db.execute(
+        query.order_by(UsageRecord.created_at.desc(), UsageRecord.id.desc())
+        .offset((page - 1) * per_page)
+        .limit(per_page)
+    )
+    return int(total or 0), list(rows.scalars())
