@@ -162,3 +162,19 @@ def emulator(emulator_server):
     emulator_server.clear_faults()
     emulator_server.reset()
     return emulator_server
+
+
+@pytest.fixture(scope="session")
+def devnet(tmp_path_factory):
+    """One local chain for the run (USDC-like token, funded buyers); tests use fresh payees and balance deltas."""
+    from instant402.payments.devnet import Devnet
+
+    return Devnet.start(data_dir=tmp_path_factory.mktemp("devnet"), buyers=4)
+
+
+@pytest.fixture(scope="session")
+def devnet_facilitator(devnet):
+    """The SDK facilitator bound to the devnet, in process."""
+    from instant402.payments.devnet import build_facilitator
+
+    return build_facilitator(devnet)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import json
 from pathlib import Path
 
 import typer
@@ -65,6 +66,51 @@ def emulator(
     from instant402.emulator.app import run_emulator
 
     run_emulator(host=host, port=port, catalog_path=catalog, control=control)
+
+
+@app.command()
+def call(
+    target: str = typer.Argument(..., help="The resource, as CREATOR/SLUG."),
+    param: list[str] = typer.Option([], "--param", "-p", help="A parameter as key=value (JSON literals stay typed)."),
+    url: str = typer.Option(None, help="Server base URL (default INSTANT402_PUBLIC_URL)."),
+    key_file: Path = typer.Option(None, help="File with the buyer's key (default INSTANT402_BUYER_PRIVATE_KEY)."),
+    max_price: str = typer.Option(None, help="Pay without asking when the price is at most this many USD."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Pay without asking."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+):
+    """Pay for one call of a resource with x402 and print the answer and the receipt."""
+    from instant402.payments.cli import CallError, call_resource, load_key, parse_params, parse_price
+
+    settings = load_settings()
+
+    def confirm(report) -> bool:
+        if yes:
+            return True
+        typer.echo(f"{report.url}\n  price {report.price_usd} USD on {report.network}, paid to {report.pay_to}")
+        return typer.confirm("Pay?", default=False)
+
+    try:
+        params = parse_params(param)
+        key = load_key(key_file, settings.buyer_private_key)
+        limit = parse_price(max_price)
+        report = asyncio.run(
+            call_resource(url or settings.public_url, target, params, key, max_price=limit, confirm=confirm)
+        )
+    except CallError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(err.exit_code) from None
+    if as_json:
+        typer.echo(json.dumps(report.as_json(), indent=2))
+    else:
+        if report.price_usd is not None:
+            typer.echo(f"price {report.price_usd} USD on {report.network} · {'paid' if report.paid else 'not paid'}")
+        typer.echo(json.dumps(report.result, indent=2) if not isinstance(report.result, str) else report.result)
+        if report.receipt:
+            typer.echo(f"receipt: transaction {report.receipt.get('transaction')} by {report.receipt.get('payer')}")
+    if report.status >= 400 and report.status != 402:
+        raise typer.Exit(1)
+    if report.status == 402:
+        raise typer.Exit(3)
 
 
 @db_app.command("upgrade")

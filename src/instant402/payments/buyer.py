@@ -1,0 +1,104 @@
+"""The buyer side of x402: the SDK's client with an eth-account key, and helpers to read a 402 and pay a URL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import httpx
+from eth_account import Account
+from x402 import x402Client
+from x402.http import decode_payment_response_header, x402HTTPClient
+from x402.http.clients import x402HttpxClient
+from x402.mechanisms.evm.exact import register_exact_evm_client
+from x402.mechanisms.evm.signers import EthAccountSigner
+from x402.schemas import PaymentRequired, PaymentRequirements, SettleResponse
+
+USDC_DECIMALS = 6
+
+
+@dataclass(frozen=True)
+class PaidResult:
+    response: httpx.Response
+    receipt: SettleResponse | None  # the decoded PAYMENT-RESPONSE header, when the server sent one
+
+
+def make_buyer_client(
+    private_key: str,
+    *,
+    allow_assets: list[dict[str, str]] | None = None,
+) -> x402Client:
+    """An SDK ``x402Client`` paying ``exact`` EVM requirements with ``private_key``.
+
+    The SDK only pays assets from its own table (real USDC deployments) unless told otherwise: ``allow_assets``
+    entries ``{"network": "eip155:…", "asset": "0x…", "max_amount_per_payment": "<atomic>"?}`` add more, e.g. the
+    devnet token.
+    """
+    account = Account.from_key(private_key if private_key.startswith("0x") else "0x" + private_key)
+    client = x402Client()
+    register_exact_evm_client(client, EthAccountSigner(account))
+    if allow_assets:
+        client.set_spend_controls({"allowed_assets": list(allow_assets)})
+    return client
+
+
+def read_payment_required(response: httpx.Response) -> PaymentRequired:
+    """Decode a 402 answer (``PAYMENT-REQUIRED`` header, or a v1-style JSON body) with the SDK; raises ValueError."""
+    if response.status_code != 402:
+        raise ValueError(f"expected a 402 answer, got {response.status_code}")
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    try:
+        return x402HTTPClient(x402Client()).get_payment_required_response(response.headers.get, body)
+    except Exception as exc:
+        raise ValueError(f"the 402 answer carries no usable payment requirements: {exc}") from exc
+
+
+def read_receipt(response: httpx.Response) -> SettleResponse | None:
+    header = response.headers.get("PAYMENT-RESPONSE") or response.headers.get("X-PAYMENT-RESPONSE")
+    if not header:
+        return None
+    try:
+        return decode_payment_response_header(header)
+    except Exception:
+        return None
+
+
+async def pay(
+    http: httpx.AsyncClient,
+    client: x402Client,
+    payment_required: PaymentRequired,
+    method: str,
+    url: str,
+    *,
+    json: Any = None,
+) -> PaidResult:
+    """Sign a payment for an already-fetched 402 with the SDK client and repeat the request with it."""
+    http_client = x402HTTPClient(client)
+    payload = await client.create_payment_payload(payment_required)
+    headers = http_client.encode_payment_signature_header(payload)
+    response = await http.request(method, url, json=json, headers=headers)
+    return PaidResult(response, read_receipt(response))
+
+
+async def pay_url(client: x402Client, url: str, *, method: str = "POST", json: Any = None, http_timeout: float = 60.0):
+    """One paid call end to end through the SDK's httpx transport (402 → sign → retry)."""
+    async with x402HttpxClient(client, timeout=http_timeout) as http:
+        response = await http.request(method, url, json=json)
+    return PaidResult(response, read_receipt(response))
+
+
+def usd(amount_atomic: int | str, decimals: int = USDC_DECIMALS) -> Decimal:
+    """Atomic units of a USD stablecoin as an exact Decimal of dollars."""
+    return Decimal(int(amount_atomic)).scaleb(-decimals)
+
+
+def chosen_requirement(payment_required: PaymentRequired) -> PaymentRequirements:
+    """The requirement a buyer is shown: the first ``exact`` one (what the SDK's default selector picks)."""
+    for req in payment_required.accepts:
+        if req.scheme == "exact":
+            return req
+    raise ValueError("the server offers no 'exact' payment requirement")

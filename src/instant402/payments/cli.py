@@ -1,0 +1,156 @@
+"""``instant402 call``: pay for one call of a resource from the command line (the SDK client does the paying)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from instant402.payments.buyer import chosen_requirement, make_buyer_client, pay, read_payment_required, usd
+
+
+class CallError(Exception):
+    """A usage or payment problem worth one line to the user; ``exit_code`` follows the CLI's conventions."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class CallReport:
+    url: str
+    status: int
+    paid: bool
+    price_usd: Decimal | None = None
+    network: str | None = None
+    pay_to: str | None = None
+    result: Any = None
+    receipt: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "status": self.status,
+            "paid": self.paid,
+            "price_usd": str(self.price_usd) if self.price_usd is not None else None,
+            "network": self.network,
+            "pay_to": self.pay_to,
+            "result": self.result,
+            "receipt": self.receipt,
+        }
+
+
+def parse_params(items: list[str]) -> dict[str, Any]:
+    """``k=v`` pairs: values that are JSON literals (numbers, true/false/null, arrays, objects) stay typed."""
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise CallError(f"--param expects key=value, got {item!r}", exit_code=2)
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        params[key] = value
+    return params
+
+
+def parse_target(target: str) -> tuple[str, str]:
+    creator, sep, slug = target.strip("/").partition("/")
+    if not sep or not creator or not slug or "/" in slug:
+        raise CallError("the resource must be given as CREATOR/SLUG", exit_code=2)
+    return creator, slug
+
+
+def load_key(key_file: Path | None, env_key: str | None) -> str:
+    if key_file is not None:
+        try:
+            key = key_file.read_text().strip()
+        except OSError as exc:
+            raise CallError(f"cannot read the key file: {exc.strerror}", exit_code=2) from None
+    else:
+        key = (env_key or "").strip()
+    if not key:
+        raise CallError("no buyer key: pass --key-file or set INSTANT402_BUYER_PRIVATE_KEY", exit_code=2)
+    return key
+
+
+def parse_price(value: str | None) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        price = Decimal(value.removeprefix("$"))
+    except InvalidOperation:
+        raise CallError(f"--max-price must be a USD amount, got {value!r}", exit_code=2) from None
+    if price < 0:
+        raise CallError("--max-price cannot be negative", exit_code=2)
+    return price
+
+
+def _body(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text
+
+
+async def call_resource(
+    base_url: str,
+    target: str,
+    params: dict[str, Any],
+    private_key: str,
+    *,
+    max_price: Decimal | None = None,
+    confirm=None,
+    http_timeout: float = 180.0,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> CallReport:
+    """POST the parameters, read the 402, get consent (``confirm(report) -> bool`` unless under ``max_price``),
+    then pay through the SDK client and return the answer with its decoded receipt."""
+    creator, slug = parse_target(target)
+    url = f"{base_url.rstrip('/')}/{creator}/{slug}"
+    async with httpx.AsyncClient(timeout=http_timeout, transport=transport) as http:
+        try:
+            first = await http.post(url, json=params)
+        except httpx.HTTPError as exc:
+            raise CallError(f"cannot reach {url}: {exc}") from None
+        report = CallReport(url=url, status=first.status_code, paid=False)
+        if first.status_code != 402:
+            report.result = _body(first)
+            return report
+        try:
+            payment_required = read_payment_required(first)
+            requirement = chosen_requirement(payment_required)
+        except ValueError as exc:
+            raise CallError(str(exc)) from None
+        report.price_usd = usd(requirement.amount)
+        report.network = requirement.network
+        report.pay_to = requirement.pay_to
+        within_budget = max_price is not None and report.price_usd <= max_price
+        if not within_budget and (confirm is None or not confirm(report)):
+            report.notes.append("not paid")
+            report.result = payment_required.model_dump(mode="json", by_alias=True, exclude_none=True)
+            return report
+        # The buyer agreed to this exact asset and amount: allow it (the SDK only knows real USDC deployments).
+        allowed = [
+            {"network": requirement.network, "asset": requirement.asset, "max_amount_per_payment": requirement.amount}
+        ]
+        client = make_buyer_client(private_key, allow_assets=allowed)
+        try:
+            paid = await pay(http, client, payment_required, "POST", url, json=params)
+        except httpx.HTTPError as exc:
+            raise CallError(f"the paid request failed: {exc}") from None
+        except Exception as exc:  # signing problems (bad key, refused by spend controls)
+            raise CallError(f"could not sign the payment: {exc}") from None
+        report.status = paid.response.status_code
+        report.paid = paid.receipt is not None and paid.receipt.success
+        report.result = _body(paid.response)
+        if paid.receipt is not None:
+            report.receipt = paid.receipt.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return report

@@ -1,0 +1,354 @@
+"""The server side of x402 for the paid route: requirements, the 402 answer, verify and settle.
+
+Everything protocol-related goes through the official SDK: ``x402ResourceServer`` with the exact EVM server
+scheme, a facilitator client (the SDK's HTTP client in production, ``LocalFacilitator`` on the devnet), the SDK's
+header codecs and Bazaar helpers. SDK objects are built once in ``from_settings``; per request only the small
+requirement/response models are made. Facilitator and network failures come back as outcomes with a reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import json
+import logging
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+from x402 import x402ResourceServer
+from x402.extensions.bazaar import OutputConfig, bazaar_resource_server_extension, declare_discovery_extension
+from x402.http import (
+    CreateHeadersAuthProvider,
+    FacilitatorConfig,
+    HTTPFacilitatorClient,
+    decode_payment_signature_header,
+    encode_payment_required_header,
+    encode_payment_response_header,
+)
+from x402.mechanisms.evm.exact import ExactEvmServerScheme
+from x402.schemas import (
+    PaymentPayload,
+    PaymentRequired,
+    PaymentRequirements,
+    ResourceConfig,
+    ResourceInfo,
+    SettleResponse,
+)
+
+if TYPE_CHECKING:
+    from instant402.config import Settings
+
+log = logging.getLogger(__name__)
+
+SCHEME = "exact"
+MAX_HEADER_CHARS = 16_384  # a real PAYMENT-SIGNATURE is ~1 KB; anything far larger is refused before decoding
+
+_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+_NONCE = re.compile(r"^0x[0-9a-fA-F]{64}$")
+_UINT = re.compile(r"^[0-9]{1,78}$")
+_HEX = re.compile(r"^0x(?:[0-9a-fA-F]{2})+$")
+
+
+class PaymentError(Exception):
+    """A PAYMENT-SIGNATURE header that cannot be used; ``reason`` is a stable snake_case code."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class PaymentConfigError(RuntimeError):
+    """The facilitator does not support the configured network/scheme, or could not be reached at start."""
+
+
+@dataclass(frozen=True)
+class VerifyOutcome:
+    ok: bool
+    reason: str | None = None  # stable code when not ok (the facilitator's invalidReason or ours)
+    message: str | None = None  # detail for logs; may be technical, show buyers only ``reason``
+    payer: str | None = None
+    nonce: str | None = None  # the EIP-3009 authorization nonce (0x + 64 hex), unique per payer
+    valid_before: int | None = None  # unix seconds after which the authorization can no longer be settled
+
+
+@dataclass(frozen=True)
+class SettleOutcome:
+    ok: bool
+    reason: str | None = None
+    message: str | None = None
+    transaction: str | None = None
+    network: str | None = None
+    payer: str | None = None
+    response: SettleResponse | None = None  # the SDK's answer, encoded as-is in PAYMENT-RESPONSE
+
+
+def _auth_provider(header: str) -> CreateHeadersAuthProvider:
+    headers = {"Authorization": header}
+    return CreateHeadersAuthProvider(lambda: {"verify": headers, "settle": headers, "supported": headers})
+
+
+class PaymentGateway:
+    """x402 v2 ``exact`` payments on one network and asset, through one facilitator."""
+
+    def __init__(
+        self,
+        facilitator: Any,
+        *,
+        network: str,
+        asset_address: str,
+        asset_name: str,
+        asset_version: str,
+        max_timeout_seconds: int = 120,
+    ):
+        self.facilitator = facilitator
+        self.network = network
+        self.asset_address = asset_address
+        self.asset_name = asset_name
+        self.asset_version = asset_version
+        self.max_timeout_seconds = max_timeout_seconds
+        self.server = x402ResourceServer(facilitator)
+        self.server.register(network, ExactEvmServerScheme())
+        self.server.register_extension(bazaar_resource_server_extension)
+        self._started = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, facilitator: Any = None) -> PaymentGateway:
+        """Gateway for the configured network/asset; ``facilitator`` (e.g. the devnet's) replaces the HTTP one."""
+        if facilitator is None:
+            auth = _auth_provider(settings.facilitator_auth_header) if settings.facilitator_auth_header else None
+            facilitator = HTTPFacilitatorClient(FacilitatorConfig(url=settings.facilitator_url, auth_provider=auth))
+        return cls(
+            facilitator,
+            network=settings.network,
+            asset_address=settings.asset_address,
+            asset_name=settings.asset_name,
+            asset_version=settings.asset_version,
+            max_timeout_seconds=settings.max_timeout_seconds,
+        )
+
+    async def start(self) -> None:
+        """Fetch the facilitator's ``/supported`` once and check it covers our network (raises PaymentConfigError)."""
+        try:
+            await asyncio.to_thread(self.server.initialize)
+        except Exception as exc:
+            raise PaymentConfigError(f"facilitator could not be initialised: {exc}") from exc
+        if self.server.get_supported_kind(2, self.network, SCHEME) is None:
+            raise PaymentConfigError(f"the facilitator does not support scheme {SCHEME!r} on {self.network}")
+        self._started = True
+
+    async def aclose(self) -> None:
+        close = getattr(self.facilitator, "aclose", None)
+        if close is not None:
+            await close()
+
+    # -- the 402 answer --------------------------------------------------------------------------------------
+
+    def requirements(
+        self, amount_atomic: int, pay_to: str, max_timeout_seconds: int | None = None
+    ) -> PaymentRequirements:
+        """The one ``exact`` requirement for a price in atomic units, paid to ``pay_to``."""
+        if not self._started:
+            raise RuntimeError("PaymentGateway.start() must be awaited first")
+        if not isinstance(amount_atomic, int) or isinstance(amount_atomic, bool) or amount_atomic <= 0:
+            raise ValueError("amount_atomic must be a positive integer")
+        config = ResourceConfig(
+            scheme=SCHEME,
+            network=self.network,
+            pay_to=pay_to,
+            price={
+                "amount": str(amount_atomic),
+                "asset": self.asset_address,
+                "extra": {"name": self.asset_name, "version": self.asset_version},
+            },
+            max_timeout_seconds=max_timeout_seconds or self.max_timeout_seconds,
+        )
+        return self.server.build_payment_requirements(config)[0]
+
+    def payment_required(
+        self,
+        resource_url: str,
+        description: str,
+        mime_type: str,
+        requirements: PaymentRequirements,
+        extensions: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> PaymentRequired:
+        return PaymentRequired(
+            x402_version=2,
+            error=error,
+            resource=ResourceInfo(url=resource_url, description=description, mime_type=mime_type),
+            accepts=[requirements],
+            extensions=extensions or None,
+        )
+
+    def payment_required_header(
+        self,
+        resource_url: str,
+        description: str,
+        mime_type: str,
+        requirements: PaymentRequirements,
+        extensions: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> str:
+        """Base64 ``PAYMENT-REQUIRED`` header value (x402 v2)."""
+        pr = self.payment_required(resource_url, description, mime_type, requirements, extensions, error)
+        return encode_payment_required_header(pr)
+
+    def payment_required_body(
+        self,
+        resource_url: str,
+        description: str,
+        mime_type: str,
+        requirements: PaymentRequirements,
+        extensions: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> dict[str, Any]:
+        """The same PaymentRequired as a camelCase JSON object (for a 402 body)."""
+        pr = self.payment_required(resource_url, description, mime_type, requirements, extensions, error)
+        return pr.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    @staticmethod
+    def bazaar_extension(
+        input_schema: dict[str, Any],
+        output: dict[str, Any] | None = None,
+        method: str = "POST",
+        input_example: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Bazaar discovery extension (``{"bazaar": {...}}``) for a JSON-body endpoint.
+
+        ``output`` may hold ``example`` (a sample answer) and ``schema`` (its JSON schema).
+        """
+        output = output or {}
+        declared = declare_discovery_extension(
+            input=input_example,
+            input_schema=input_schema,
+            body_type="json",
+            output=OutputConfig(example=output.get("example"), schema=output.get("schema")),
+        )
+
+        class _Method:  # the SDK enriches the declaration from an HTTP context exposing .method
+            pass
+
+        ctx = _Method()
+        ctx.method = method.upper()
+        return {"bazaar": bazaar_resource_server_extension.enrich_declaration(declared["bazaar"], ctx)}
+
+    # -- decoding -------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def decode_payment(header: str) -> PaymentPayload:
+        """Parse a ``PAYMENT-SIGNATURE`` header (SDK codec) and check its shape; raises PaymentError."""
+        if not header or not header.strip():
+            raise PaymentError("missing_payment", "The PAYMENT-SIGNATURE header is empty.")
+        if len(header) > MAX_HEADER_CHARS:
+            raise PaymentError("invalid_payment_header", "The PAYMENT-SIGNATURE header is too large.")
+        try:
+            payload = decode_payment_signature_header(header.strip())
+        except (binascii.Error, UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
+            if isinstance(exc, ValidationError):
+                raise PaymentError("invalid_payload", "The payment payload does not have the x402 shape.") from None
+            raise PaymentError("invalid_payment_header", "PAYMENT-SIGNATURE is not base64-encoded JSON.") from None
+        except (TypeError, AttributeError):
+            raise PaymentError("invalid_payment_header", "PAYMENT-SIGNATURE is not a JSON object.") from None
+        if payload.x402_version != 2 or not isinstance(payload, PaymentPayload):
+            raise PaymentError("unsupported_x402_version", "Only x402 version 2 payments are accepted.")
+        if payload.accepted.scheme != SCHEME:
+            raise PaymentError("unsupported_scheme", f"Only the {SCHEME!r} scheme is accepted.")
+        _check_authorization(payload.payload)
+        return payload
+
+    # -- verify and settle ----------------------------------------------------------------------------------
+
+    def _mismatch(self, payload: PaymentPayload, requirements: PaymentRequirements) -> str | None:
+        if self.server.find_matching_requirements([requirements], payload) is not None:
+            return None
+        accepted = payload.accepted
+        if accepted.network != requirements.network:
+            return "network_mismatch"
+        if accepted.asset.lower() != requirements.asset.lower():
+            return "asset_mismatch"
+        if accepted.amount != requirements.amount:
+            return "amount_mismatch"
+        if accepted.pay_to.lower() != requirements.pay_to.lower():
+            return "pay_to_mismatch"
+        return "requirements_mismatch"
+
+    async def verify(
+        self, payload: PaymentPayload, requirements: PaymentRequirements, resource_url: str | None = None
+    ) -> VerifyOutcome:
+        """Check the payment is for ``requirements`` (and ``resource_url`` when given), then ask the facilitator."""
+        auth = payload.payload.get("authorization") or {}
+        payer, nonce = auth.get("from"), auth.get("nonce")
+        try:
+            valid_before = int(auth.get("validBefore"))
+        except (TypeError, ValueError):
+            valid_before = None
+        base = {"payer": payer, "nonce": nonce, "valid_before": valid_before}
+        mismatch = self._mismatch(payload, requirements)
+        if mismatch:
+            return VerifyOutcome(False, mismatch, "The payment is not for this resource's requirements.", **base)
+        if resource_url and payload.resource and payload.resource.url != resource_url:
+            return VerifyOutcome(False, "resource_mismatch", "The payment was made for another resource.", **base)
+        try:
+            result = await self.server.verify_payment(payload, requirements)
+        except Exception as exc:
+            log.warning("facilitator verify failed: %s", exc)
+            return VerifyOutcome(False, "facilitator_unavailable", str(exc), **base)
+        verify = result.verify
+        if not verify.is_valid:
+            return VerifyOutcome(False, verify.invalid_reason or "invalid_payment", verify.invalid_message, **base)
+        return VerifyOutcome(True, None, None, payer=verify.payer or payer, nonce=nonce, valid_before=valid_before)
+
+    async def settle(self, payload: PaymentPayload, requirements: PaymentRequirements) -> SettleOutcome:
+        """Ask the facilitator to execute the transfer; never raises."""
+        try:
+            result = await self.server.settle_payment(payload, requirements)
+        except Exception as exc:
+            log.warning("facilitator settle failed: %s", exc)
+            return SettleOutcome(False, "facilitator_unavailable", str(exc), network=requirements.network)
+        return SettleOutcome(
+            ok=result.success,
+            reason=None if result.success else (result.error_reason or "settlement_failed"),
+            message=result.error_message,
+            transaction=result.transaction or None,
+            network=result.network,
+            payer=result.payer,
+            response=result,
+        )
+
+    @staticmethod
+    def payment_response_header(outcome: SettleOutcome) -> str:
+        """Base64 ``PAYMENT-RESPONSE`` header value for a settle outcome (the SDK's SettleResponse encoding)."""
+        response = outcome.response or SettleResponse(
+            success=outcome.ok,
+            error_reason=outcome.reason,
+            transaction=outcome.transaction or "",
+            network=outcome.network or "",
+            payer=outcome.payer,
+        )
+        return encode_payment_response_header(response)
+
+
+def _check_authorization(inner: dict[str, Any]) -> None:
+    """The EIP-3009 fields must be present and well-formed before anything is sent to a facilitator."""
+    auth = inner.get("authorization") if isinstance(inner, dict) else None
+    signature = inner.get("signature") if isinstance(inner, dict) else None
+    if not isinstance(auth, dict):
+        raise PaymentError("invalid_payload", "The payment has no EIP-3009 authorization.")
+    checks = {
+        "from": _ADDRESS,
+        "to": _ADDRESS,
+        "value": _UINT,
+        "validAfter": _UINT,
+        "validBefore": _UINT,
+        "nonce": _NONCE,
+    }
+    for field, pattern in checks.items():
+        value = auth.get(field)
+        if not isinstance(value, str) or not pattern.match(value):
+            raise PaymentError("invalid_payload", f"The authorization field {field!r} is missing or malformed.")
+    if not isinstance(signature, str) or not _HEX.match(signature):
+        raise PaymentError("invalid_payload", "The payment signature is missing or malformed.")
