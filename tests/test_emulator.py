@@ -539,3 +539,47 @@ def test_control_api_absent_without_control(tmp_path: Path):
         assert httpx.get(f"{handle.url}/_emulator/stats").status_code == 404
         assert httpx.post(f"{handle.url}/_emulator/keys", json={"key": "sk-or-v1-x"}).status_code in (404, 405)
         assert httpx.get(f"{handle.base_url}/models").status_code == 200
+
+
+async def test_reasoning_models_return_reasoning_when_asked(emulator):
+    key = new_key(emulator)
+    model = "deepseek/deepseek-r1-0528"
+    plain = (await post_chat(emulator, key, chat_body("why is the sky blue", model=model))).json()
+    asked = (await post_chat(emulator, key, chat_body("why is the sky blue", model=model, reasoning={}))).json()
+    assert "reasoning" not in plain["choices"][0]["message"]
+    assert "why is the sky blue" in asked["choices"][0]["message"]["reasoning"]
+    details = asked["usage"]["completion_tokens_details"]
+    assert details["reasoning_tokens"] > 0
+    assert asked["usage"]["completion_tokens"] > plain["usage"]["completion_tokens"]
+
+
+async def test_streamed_image_and_finish_error(emulator):
+    key = new_key(emulator)
+    client = sdk(emulator, key)
+    stream = await client.chat.completions.create(
+        model="google/gemini-2.5-flash-image",
+        messages=[{"role": "user", "content": "a green field"}],
+        stream=True,
+        extra_body={"modalities": ["image", "text"]},
+    )
+    images = [
+        image
+        async for chunk in stream
+        if chunk.choices
+        for image in (chunk.choices[0].delta.model_extra or {}).get("images", [])
+    ]
+    assert len(images) == 1 and images[0]["image_url"]["url"].startswith("data:image/png;base64,")
+    emulator.fault(kind="finish_error", key=key, times=1)
+    stream = await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], stream=True)
+    with pytest.raises(openai.APIError):
+        async for _ in stream:
+            pass
+
+
+def test_faults_are_listed_and_removed_one_by_one(emulator):
+    first = emulator.fault(500, times=3)
+    second = emulator.fault(kind="latency", latency_ms=10)
+    assert [f["id"] for f in emulator.faults()] == [first["id"], second["id"]]
+    assert httpx.delete(f"{emulator.url}/_emulator/faults/{first['id']}").status_code == 204
+    assert [f["id"] for f in emulator.faults()] == [second["id"]]
+    assert httpx.delete(f"{emulator.url}/_emulator/faults/{first['id']}").status_code == 404
