@@ -18,6 +18,7 @@ from instant402.execution.errors import UpstreamFailure, bad_response, empty_out
 from instant402.execution.media import MediaStore
 
 _FENCE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\r?\n(.*?)\r?\n?```", re.DOTALL)
+_LOOSE_FENCE = re.compile(r"`{3,}(?:[A-Za-z][A-Za-z0-9_-]*(?=[\s{\[]))?\s*(.*?)\s*(?:`{3,}|$)", re.DOTALL)
 _DATA_URL = re.compile(r"data:(image/[A-Za-z0-9.+-]+)?(;[^,]*)?,", re.ASCII)
 _MAX_IMAGE_BYTES = 32 * 1024 * 1024
 
@@ -44,8 +45,8 @@ def strip_fences(text: str) -> str:
     text = text.strip()
     if "```" not in text:
         return text
-    match = _FENCE.search(text)
-    return match.group(1).strip() if match else text.strip("`").strip()
+    match = _FENCE.search(text) or _LOOSE_FENCE.search(text)
+    return match.group(1).strip() if match else text
 
 
 # Compiled validators by schema hash: compiling once per schema keeps validation off the per-call cost.

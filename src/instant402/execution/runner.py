@@ -1,0 +1,88 @@
+"""Run one resource call upstream with its creator's key: shared by the paid route and the owner's test run."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from instant402.execution.errors import Category, UpstreamFailure, failure
+from instant402.execution.upstream import Completion, CompletionRequest
+from instant402.keys.service import KeyUnavailable, NoOpenRouterKey, open_key_for_upstream, record_upstream_key_failure
+from instant402.resources.lifecycle import pause_creator_resources
+from instant402.resources.params import build_messages
+
+if TYPE_CHECKING:
+    from instant402.resources.models import Resource
+    from instant402.runtime import Runtime
+
+_REASONS = {
+    "key_invalid": "OpenRouter rejected the saved key: replace it to resume.",
+    "out_of_credit": "The OpenRouter key is out of credit: top it up and verify the key to resume.",
+    "no_key": "No OpenRouter key is saved: add one to resume.",
+}
+
+
+@dataclass(slots=True)
+class RunOutcome:
+    completion: Completion | None
+    failure: UpstreamFailure | None
+    run_ms: int
+
+    @property
+    def attempts(self) -> list[Any]:
+        if self.completion is not None:
+            return self.completion.attempts
+        return self.failure.attempts if self.failure else []
+
+    @property
+    def billed_usd(self):
+        return sum((a.cost_usd for a in self.attempts), start=0) or None
+
+
+def completion_request(rt: Runtime, resource: Resource, values: dict[str, Any]) -> CompletionRequest:
+    active = resource.active_model_id
+    return CompletionRequest(
+        model=active,
+        fallback_models=[m for m in resource.fallback_model_ids or [] if m != active],
+        messages=build_messages(resource, values),
+        temperature=resource.temperature,
+        top_p=resource.top_p,
+        max_tokens=resource.max_tokens,
+        output_kind=resource.output_kind,
+        json_schema=resource.output_schema,
+        headers={"HTTP-Referer": rt.settings.public_url, "X-OpenRouter-Title": "instant402"},
+    )
+
+
+async def run_resource(rt: Runtime, resource: Resource, values: dict[str, Any], deadline: float) -> RunOutcome:
+    """Decrypt the key at the last moment, call the model, and react to key trouble (pause the creator)."""
+    started = time.perf_counter()
+    request = completion_request(rt, resource, values)
+    try:
+        async with rt.db.sessions() as db:
+            key = await open_key_for_upstream(db, rt.vault, resource.owner_id)
+        completion = await rt.upstream.complete(request, key.reveal(), deadline)
+        return RunOutcome(completion, None, _ms(started))
+    except KeyUnavailable as exc:
+        kind = "no_key" if isinstance(exc, NoOpenRouterKey) else "key_invalid"
+        fail = failure("resource_unavailable", Category.creator_config, str(exc), pause_kind=kind, fallback_ok=False)
+    except UpstreamFailure as exc:
+        fail = exc
+    if fail.pause_kind:
+        async with rt.db.sessions() as db:
+            await _pause_for(db, resource.owner_id, fail)
+    return RunOutcome(None, fail, _ms(started))
+
+
+async def _pause_for(db: AsyncSession, owner_id: int, fail: UpstreamFailure) -> None:
+    if fail.upstream_status in (401, 402):
+        await record_upstream_key_failure(db, owner_id, fail.upstream_status, fail.creator_detail)
+    await pause_creator_resources(db, owner_id, fail.pause_kind, _REASONS.get(fail.pause_kind, fail.creator_detail))
+    await db.commit()
+
+
+def _ms(started: float) -> int:
+    return int((time.perf_counter() - started) * 1000)
