@@ -166,13 +166,13 @@ def test_secret_key_is_masked_everywhere_but_reveal():
         f"{secret}",
         f"{secret!r}",
         "%s %r" % (secret, secret),  # noqa: UP031
-        "{}".format(secret),
+        "{}".format(secret),  # noqa: UP032
         json.dumps({"k": secret}),
         repr(vars(secret)),
         repr([secret]),
         str(copy.deepcopy(secret)),
-        pickle.loads(pickle.dumps(secret)),
-        pickle.loads(pickle.dumps(secret, protocol=0)),
+        pickle.loads(pickle.dumps(secret)),  # noqa: S301
+        pickle.loads(pickle.dumps(secret, protocol=0)),  # noqa: S301
     ):
         assert key not in shown
         assert key[9:] not in shown
