@@ -43,7 +43,12 @@ def test_token_and_balances_over_http_json_rpc(devnet):
 
         # A plain JSON-RPC client (what curl would send) gets hex quantities back.
         data = "0x70a08231" + buyer.address[2:].lower().rjust(64, "0")
-        body = {"jsonrpc": "2.0", "id": 1, "method": "eth_call", "params": [{"to": devnet.token, "data": data}, "latest"]}
+        body = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "eth_call",
+            "params": [{"to": devnet.token, "data": data}, "latest"],
+        }
         answer = httpx.post(url, json=body).json()
         assert int(answer["result"], 16) == before + 7
         bad = httpx.post(url, json={"jsonrpc": "2.0", "id": 2, "method": "eth_nope", "params": []}).json()

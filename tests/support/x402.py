@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+
 from x402.schemas import PaymentPayload, PaymentRequired, PaymentRequirements, ResourceInfo
 
 from instant402.payments.buyer import make_buyer_client
@@ -18,3 +20,42 @@ async def sign_payment(
     client = buyer_client(devnet, private_key)
     required = PaymentRequired(accepts=[requirements], resource=ResourceInfo(url=resource_url))
     return await client.create_payment_payload(required)
+
+
+def sdk_middleware_app(devnet, facilitator, pay_to: str, amount: int):
+    """A minimal FastAPI route ``POST /paid`` protected by the SDK's OWN payment middleware on the devnet.
+
+    ``facilitator`` is any SDK facilitator client (the in-process ``LocalFacilitator`` or ``HTTPFacilitatorClient``);
+    it must answer ``/supported`` already, since building the middleware asks it synchronously.
+    """
+    from fastapi import FastAPI
+    from x402 import x402ResourceServer
+    from x402.http import PaymentOption, RouteConfig
+    from x402.http.middleware.fastapi import payment_middleware
+    from x402.mechanisms.evm.exact import ExactEvmServerScheme
+
+    server = x402ResourceServer(facilitator)
+    server.register(devnet.network, ExactEvmServerScheme())
+    price = {"amount": str(amount), "asset": devnet.token, "extra": {"name": devnet.asset_name, "version": "2"}}
+    routes = {
+        "POST /paid": RouteConfig(
+            accepts=PaymentOption(scheme="exact", pay_to=pay_to, price=price, network=devnet.network),
+            description="baseline paid route",
+            mime_type="application/json",
+        )
+    }
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
+        if hasattr(facilitator, "aclose"):  # its HTTP connections belong to the serving event loop
+            await facilitator.aclose()
+
+    app = FastAPI(lifespan=lifespan)
+    app.middleware("http")(payment_middleware(routes, server))
+
+    @app.post("/paid")
+    async def paid(body: dict):
+        return {"echo": body}
+
+    return app
