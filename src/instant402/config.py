@@ -38,6 +38,9 @@ class Settings(BaseSettings):
 
     # OpenRouter (or the emulator).
     openrouter_base_url: str = "https://openrouter.ai/api/v1"
+    # Model catalog sync: daily at this UTC time ("HH:MM"), plus at start-up when the catalog is empty.
+    catalog_sync_enabled: bool | None = None  # None: on in production and sandbox, off in tests
+    catalog_sync_schedule: str = "03:00"
     openrouter_key_check_timeout: float = 5.0  # seconds for the live check of a creator's key (GET /key)
 
     # Key vault: comma-separated "version:base64key" pairs; the highest version encrypts.
