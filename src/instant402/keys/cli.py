@@ -39,6 +39,11 @@ def new_master(
     )
 
     settings = load_settings()
+    if add_to_file:
+        if settings.mode == Mode.production or settings.master_keys:
+            typer.echo("error: --add-to-file is for the sandbox's generated key file only.", err=True)
+            raise typer.Exit(2)
+        require_vault(settings)  # creates the file (mode 0600) when it does not exist yet
     existing: list[int] = []
     path = master_key_file(settings)
     try:
@@ -55,10 +60,6 @@ def new_master(
         raise typer.Exit(2)
     entry = format_master_entry(version, new_master_key())
     if add_to_file:
-        if settings.mode == Mode.production or settings.master_keys:
-            typer.echo("error: --add-to-file is for the sandbox's generated key file only.", err=True)
-            raise typer.Exit(2)
-        require_vault(settings)  # creates the file (mode 0600) when it does not exist yet
         with path.open("a") as f:
             f.write(entry + "\n")
         typer.echo(f"added master key version {version} to {path}; now run `instant402 keys rotate`.")

@@ -7,7 +7,8 @@ by the server during the rotation is left alone (it is already under the newest 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from sqlalchemy import func, select, update
@@ -46,7 +47,7 @@ async def rotate_master_key(
     vault: Vault,
     *,
     batch_size: int = 200,
-    on_batch: Callable[[int], None] | None = None,
+    on_batch: Callable[[int], Awaitable[None] | None] | None = None,
 ) -> RotationReport:
     """Re-wrap every key not under the newest master key; ``on_batch(n)`` is told after each committed batch."""
     newest = vault.newest_version
@@ -93,6 +94,6 @@ async def rotate_master_key(
             await db.commit()
         last_id = rows[-1][0]
         rewrapped += done
-        if on_batch:
-            on_batch(len(rows))
+        if on_batch and inspect.isawaitable(outcome := on_batch(len(rows))):
+            await outcome
     return RotationReport(rewrapped=rewrapped, newest_version=newest)
