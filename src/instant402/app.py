@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -19,11 +20,13 @@ from instant402.keys.vault import load_vault
 from instant402.logs import configure_logging
 from instant402.payments.routes import router as payments_router
 from instant402.resources.routes import router as resources_router
+from instant402.runtime import Runtime
 from instant402.usage.routes import router as usage_router
 from instant402.web import mount_web
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, facilitator: Any = None) -> FastAPI:
+    """The app; ``facilitator`` replaces the configured HTTP facilitator (the sandbox's devnet passes its own)."""
     settings = settings or load_settings()
     # Production refuses to start without INSTANT402_MASTER_KEYS (MasterKeyError says how to make one).
     vault = load_vault(settings)
@@ -33,6 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
+        await app.state.runtime.aclose()
         await app.state.db.dispose()
 
     app = FastAPI(
@@ -44,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.db = Database(settings)
     app.state.vault = vault
+    app.state.runtime = Runtime(settings, app.state.db, vault, facilitator=facilitator)
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(accounts_router)

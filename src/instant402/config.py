@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     asset_version: str = "2"  # the token's EIP-712 domain version
     max_timeout_seconds: int = 120  # default validity of a signed payment; keep just above the longest run
     buyer_private_key: str | None = Field(default=None, repr=False)  # key `instant402 call` pays with
+    settle_margin_seconds: int = 15  # the model must finish this long before the payment authorization expires
+    max_request_bytes: int = 65_536  # largest JSON body the paid route reads
 
     @property
     def resolved_database_url(self) -> str:

@@ -1,0 +1,295 @@
+"""The paid call, step by step: resolve, validate, quote (402), verify, claim, run, settle, record.
+
+Order matters for money: nothing about a payment is touched before the input is valid and capacity is free, the
+run happens only after the payment is verified and claimed once in the database, and settlement happens only
+after the run delivered.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
+
+from instant402.db.base import utcnow
+from instant402.errors import ApiError, error_body
+from instant402.execution.limits import OverCapacity, RateLimited
+from instant402.execution.runner import RunOutcome, run_resource
+from instant402.payments.gateway import PaymentError, PaymentGateway
+from instant402.payments.models import PaymentClaim
+from instant402.resources.models import Resource
+from instant402.resources.params import validate_input
+from instant402.resources.schemas import endpoint_url, input_schema, output_description
+from instant402.resources.service import get_public
+from instant402.runtime import Runtime
+from instant402.usage.models import UsageKind, UsageRecord, UsageStatus
+
+log = logging.getLogger(__name__)
+
+PAYMENT_HEADER = "payment-signature"
+
+# What buyers are told about a paused resource: never the creator's key, credit or budget details.
+_PAUSE_MESSAGES = {
+    "manual": "This resource is paused by its creator.",
+    "model_unavailable": "This resource's model is unavailable right now.",
+    "budget": "This resource has reached its daily limit; retry after the reset.",
+}
+_DEFAULT_PAUSE_MESSAGE = "This resource is temporarily unavailable; its creator has been notified."
+
+
+def payment_timeout_seconds(resource: Resource, ceiling: int) -> int:
+    """Validity to ask of the buyer's authorization: the longest legitimate run plus time to settle.
+
+    A generous 25 tokens/s for text, a minute more for images; never above the configured ceiling.
+    """
+    seconds = 45 + resource.max_tokens // 25 + (60 if resource.output_kind == "image" else 0)
+    return max(30, min(seconds, ceiling))
+
+
+@dataclass(slots=True)
+class Quote:
+    resource: Resource
+    url: str
+    requirements: Any
+    extensions: dict[str, Any]
+
+
+def _json_error(err: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(
+        error_body(err.code, err.message, err.details),
+        status_code=err.status,
+        headers={**(err.headers or {}), **(headers or {})},
+    )
+
+
+async def _read_body(request: Request, limit: int) -> Any:
+    raw = await request.body()
+    if len(raw) > limit:
+        raise ApiError(413, "payload_too_large", f"The request body is larger than {limit} bytes.")
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ApiError(400, "malformed_json", "The request body is not valid JSON.") from None
+
+
+def _paused(resource: Resource) -> ApiError:
+    headers = {"Retry-After": "3600"} if resource.pause_kind == "budget" else None
+    message = _PAUSE_MESSAGES.get(resource.pause_kind or "manual", _DEFAULT_PAUSE_MESSAGE)
+    return ApiError(503, "resource_paused", message, {"charged": False}, headers=headers)
+
+
+def _quote(rt: Runtime, gateway: PaymentGateway, resource: Resource) -> Quote:
+    pay_to = resource.pay_to or resource.owner.payout_address
+    if not pay_to:
+        raise ApiError(503, "resource_unavailable", _DEFAULT_PAUSE_MESSAGE, {"charged": False})
+    timeout = payment_timeout_seconds(resource, rt.settings.max_timeout_seconds)
+    url = endpoint_url(rt.settings.public_url, resource.owner.username, resource.slug)
+    requirements = gateway.requirements(resource.price_atomic, pay_to, timeout)
+    output = output_description(resource)
+    extensions = gateway.bazaar_extension(input_schema(resource), {"schema": output.get("schema") or output})
+    return Quote(resource, url, requirements, extensions)
+
+
+def _payment_required(gateway: PaymentGateway, quote: Quote, reason: str | None, message: str) -> JSONResponse:
+    r = quote.resource
+    args = (quote.url, r.description or r.name, "application/json", quote.requirements, quote.extensions, reason)
+    header = gateway.payment_required_header(*args)
+    details = {"x402": gateway.payment_required_body(*args), "charged": False}
+    code = "payment_required" if reason is None else "payment_invalid"
+    return JSONResponse(error_body(code, message, details), status_code=402, headers={"PAYMENT-REQUIRED": header})
+
+
+async def _record(rt: Runtime, **fields) -> UsageRecord:
+    async with rt.db.sessions() as db:
+        row = UsageRecord(**fields)
+        db.add(row)
+        await db.commit()
+        return row
+
+
+async def _claim(rt: Runtime, quote: Quote, payer: str, nonce: str, valid_before: int | None, verify_ms: int):
+    """Insert the attempt and its payment claim together; None when this payment was already used."""
+    r = quote.resource
+    async with rt.db.sessions() as db:
+        usage = UsageRecord(
+            resource_id=r.id,
+            owner_id=r.owner_id,
+            kind=UsageKind.paid,
+            status=UsageStatus.running,
+            payer=payer,
+            amount_atomic=r.price_atomic,
+            network=quote.requirements.network,
+            asset=quote.requirements.asset,
+            pay_to=quote.requirements.pay_to,
+            model_requested=r.active_model_id,
+            verify_ms=verify_ms,
+        )
+        db.add(usage)
+        await db.flush()
+        expires = None if valid_before is None else datetime.fromtimestamp(valid_before, UTC)
+        db.add(
+            PaymentClaim(
+                network=quote.requirements.network,
+                payer=payer.lower(),
+                nonce=nonce.lower(),
+                usage_id=usage.id,
+                amount_atomic=r.price_atomic,
+                valid_before=expires,
+            )
+        )
+        try:
+            await db.commit()
+        except IntegrityError:
+            await db.rollback()
+            return None
+        return usage.id
+
+
+async def _finish(rt: Runtime, usage_id: int, outcome: RunOutcome, **fields) -> None:
+    async with rt.db.sessions() as db:
+        row = await db.get(UsageRecord, usage_id)
+        completion, fail = outcome.completion, outcome.failure
+        row.run_ms = outcome.run_ms
+        row.upstream_attempts = len(outcome.attempts)
+        row.upstream_cost = outcome.billed_usd
+        if completion is not None:
+            row.model_used = completion.model_used
+            row.prompt_tokens = completion.prompt_tokens
+            row.completion_tokens = completion.completion_tokens
+        if fail is not None:
+            row.status = UsageStatus.failed
+            row.error_category = str(fail.category)
+            row.error_code = fail.buyer_code
+            row.error_detail = fail.creator_detail[:2000]
+            row.model_used = fail.model
+        for key, value in fields.items():
+            setattr(row, key, value)
+        row.finished_at = utcnow()
+        await db.commit()
+
+
+def success_body(outcome: RunOutcome, receipt: dict[str, Any] | None) -> dict[str, Any]:
+    c = outcome.completion
+    return {
+        "output": c.output,
+        "usage": {
+            "prompt_tokens": c.prompt_tokens,
+            "completion_tokens": c.completion_tokens,
+            "cost_usd": str(c.total_cost_usd),
+        },
+        "model": c.model_used,
+        "receipt": receipt,
+    }
+
+
+async def handle_paid_call(request: Request, creator: str, slug: str) -> JSONResponse:
+    rt: Runtime = request.app.state.runtime
+    ip = request.client.host if request.client else "unknown"
+    try:
+        # 1. resolve (404 unknown, 503 paused) and 2. validate the input before any payment is asked for.
+        async with rt.db.sessions() as db:
+            resource = await get_public(db, creator, slug)
+        if resource.status != "published":
+            raise _paused(resource)
+        values = validate_input(resource, await _read_body(request, rt.settings.max_request_bytes))
+        await rt.limits.check_ip(ip)
+        gateway = await rt.payments()
+        quote = _quote(rt, gateway, resource)
+
+        # 3. no payment yet: the quote.
+        header = request.headers.get(PAYMENT_HEADER)
+        if not header:
+            return _payment_required(gateway, quote, None, "Pay with x402 to call this resource.")
+        try:
+            payload = gateway.decode_payment(header)
+        except PaymentError as exc:
+            return _payment_required(gateway, quote, exc.reason, exc.message)
+        payer = str(payload.payload.get("authorization", {}).get("from", ""))
+        await rt.limits.check_payer(payer)
+
+        # Capacity is taken before verify, so a refusal touches no payment.
+        async with rt.limits.upstream_slot(str(resource.owner_id)):
+            return await _verified_run(rt, gateway, quote, payload, values)
+    except (OverCapacity, RateLimited) as exc:
+        return _json_error(exc.to_api_error())
+    except ApiError as err:
+        return _json_error(err)
+
+
+async def _verified_run(rt: Runtime, gateway: PaymentGateway, quote: Quote, payload, values) -> JSONResponse:
+    resource = quote.resource
+    started = time.perf_counter()
+    # 4. verify through the facilitator.
+    verified = await gateway.verify(payload, quote.requirements, quote.url)
+    verify_ms = int((time.perf_counter() - started) * 1000)
+    if not verified.ok:
+        await _record(
+            rt,
+            resource_id=resource.id,
+            owner_id=resource.owner_id,
+            kind=UsageKind.paid,
+            status=UsageStatus.refused,
+            payer=verified.payer if isinstance(verified.payer, str) else None,
+            amount_atomic=0,
+            network=quote.requirements.network,
+            error_category="payment",
+            error_code=verified.reason,
+            verify_ms=verify_ms,
+            finished_at=utcnow(),
+        )
+        return _payment_required(
+            gateway, quote, verified.reason, "The payment was not accepted: " + str(verified.reason)
+        )
+
+    # 5. one run per payment, enforced by a unique key in the database (also across processes).
+    usage_id = await _claim(rt, quote, verified.payer, verified.nonce, verified.valid_before, verify_ms)
+    if usage_id is None:
+        return _payment_required(gateway, quote, "payment_already_used", "This payment was already used.")
+
+    # 6. run the model; the deadline ends before the authorization expires, leaving time to settle.
+    deadline = time.time() + payment_timeout_seconds(resource, rt.settings.max_timeout_seconds)
+    if verified.valid_before:
+        deadline = min(deadline, verified.valid_before - rt.settings.settle_margin_seconds)
+    outcome = await run_resource(rt, resource, values, deadline)
+    if outcome.failure is not None:
+        # 8. no settlement: the buyer keeps their money and gets a buyer-safe message.
+        await _finish(rt, usage_id, outcome)
+        return _json_error(outcome.failure.to_api_error())
+
+    # 7. settle, and deliver only when the money moved.
+    started = time.perf_counter()
+    settled = await gateway.settle(payload, quote.requirements)
+    settle_ms = int((time.perf_counter() - started) * 1000)
+    if not settled.ok:
+        await _finish(
+            rt,
+            usage_id,
+            outcome,
+            status=UsageStatus.settle_failed,
+            error_category="payment",
+            error_code=settled.reason,
+            error_detail=f"settlement failed: {settled.reason}",
+            settle_ms=settle_ms,
+        )
+        return _payment_required(gateway, quote, settled.reason, "The payment could not be settled; no result.")
+    await _finish(
+        rt, usage_id, outcome, status=UsageStatus.succeeded, transaction_hash=settled.transaction, settle_ms=settle_ms
+    )
+    receipt = {
+        "transaction": settled.transaction,
+        "network": settled.network,
+        "payer": settled.payer or verified.payer,
+        "amount": quote.requirements.amount,
+    }
+    return JSONResponse(
+        success_body(outcome, receipt), headers={"PAYMENT-RESPONSE": gateway.payment_response_header(settled)}
+    )
