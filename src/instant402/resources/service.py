@@ -32,8 +32,11 @@ from instant402.resources.validation import (
     raise_fields,
     slugify,
 )
+from instant402.usage.models import UsageKind, UsageRecord, UsageStatus
 
 PUBLIC_STATUSES = ("published", "paused")
+# Paid attempts that ran to an outcome: what "calls" and the success rate count.
+COUNTED_STATUSES = (UsageStatus.succeeded, UsageStatus.failed, UsageStatus.settle_failed)
 Sort = Literal["newest", "price", "price_desc", "most_called"]
 
 
@@ -294,20 +297,9 @@ def _prefixed(check):
 # --- the public's --------------------------------------------------------------------------------------------------
 
 
-def _usage():
-    # The usage table belongs to the usage domain; stats are empty until it exists.
-    try:
-        from instant402.usage.models import UsageRecord
-    except ImportError:
-        return None
-    return UsageRecord
-
-
 async def has_history(db: AsyncSession, resource_id: int) -> bool:
-    usage = _usage()
-    if usage is None:
-        return False
-    return (await db.scalar(select(usage.id).where(usage.resource_id == resource_id).limit(1))) is not None
+    query = select(UsageRecord.id).where(UsageRecord.resource_id == resource_id).limit(1)
+    return (await db.scalar(query)) is not None
 
 
 @dataclass(frozen=True)
@@ -321,15 +313,21 @@ class Stats:
 
 
 async def stats_for(db: AsyncSession, resource_ids: list[int]) -> dict[int, Stats]:
-    """Paid calls and how many succeeded, per resource (test calls by the owner do not count)."""
-    usage = _usage()
-    if usage is None or not resource_ids:
+    """Paid calls that ran to an outcome, and how many succeeded, per resource.
+
+    Owner test calls, refused attempts (bad payment, over capacity) and calls still running do not count.
+    """
+    if not resource_ids:
         return {}
-    succeeded = func.sum(case((usage.status == "succeeded", 1), else_=0))
+    succeeded = func.sum(case((UsageRecord.status == UsageStatus.succeeded, 1), else_=0))
     query = (
-        select(usage.resource_id, func.count(), succeeded)
-        .where(usage.resource_id.in_(resource_ids), usage.kind == "paid")
-        .group_by(usage.resource_id)
+        select(UsageRecord.resource_id, func.count(), succeeded)
+        .where(
+            UsageRecord.resource_id.in_(resource_ids),
+            UsageRecord.kind == UsageKind.paid,
+            UsageRecord.status.in_(COUNTED_STATUSES),
+        )
+        .group_by(UsageRecord.resource_id)
     )
     return {rid: Stats(int(calls), int(ok or 0)) for rid, calls, ok in await db.execute(query)}
 
@@ -399,16 +397,15 @@ async def search_public(
     total = await db.scalar(count_query.where(*conditions)) or 0
 
     query = _public_query().where(*conditions)
-    usage = _usage()
     if sort == "price":
         query = query.order_by(Resource.price_atomic.asc(), Resource.id.desc())
     elif sort == "price_desc":
         query = query.order_by(Resource.price_atomic.desc(), Resource.id.desc())
-    elif sort == "most_called" and usage is not None:
+    elif sort == "most_called":
         calls = (
-            select(usage.resource_id.label("rid"), func.count().label("calls"))
-            .where(usage.kind == "paid")
-            .group_by(usage.resource_id)
+            select(UsageRecord.resource_id.label("rid"), func.count().label("calls"))
+            .where(UsageRecord.kind == UsageKind.paid, UsageRecord.status.in_(COUNTED_STATUSES))
+            .group_by(UsageRecord.resource_id)
             .subquery()
         )
         query = query.outerjoin(calls, calls.c.rid == Resource.id).order_by(
