@@ -15,13 +15,15 @@ REDACTED = "[redacted]"
 # masked "sk-or-v1-…a1b2" or OpenRouter's own label "sk-or-v1-au7...890" are too short to match and stay readable.
 _API_KEY = re.compile(r"\bsk-[A-Za-z0-9_\-]{16,}")
 # Any "Bearer <token>" (header lines, reprs of header lists, curl commands).
-_BEARER = re.compile(r"(?i)\bbearer\s+[^\s'\",;}\]\)]+")
+_BEARER = re.compile(r"(?i)\bbearer\s+(?!\[redacted\])[^\s'\",;}\]\)]+")
 # "Authorization: <value>", "'authorization': '<value>'", "(b'Authorization', b'<value>')", "authorization=<value>".
 _AUTH_HEADER = re.compile(
-    r"""(?i)(\b(?:proxy-)?authorization\b['"]?\s*[:=,]\s*b?['"]?)(?:[A-Za-z]+\s+)?[^\s'",;}\]\)]+"""
+    r"""(?i)(\b(?:proxy-)?authorization\b['"]?\s*[:=,]\s*b?['"]?)(?!\[redacted\])(?:[A-Za-z]+\s+)?[^\s'",;}\]\)]+"""
 )
 # Other headers some SDKs use for keys.
-_KEY_HEADER = re.compile(r"""(?i)(\b(?:x-api-key|api-key|api_key)\b['"]?\s*[:=,]\s*b?['"]?)[^\s'",;}\]\)]+""")
+_KEY_HEADER = re.compile(
+    r"""(?i)(\b(?:x-api-key|api-key|api_key)\b['"]?\s*[:=,]\s*b?['"]?)(?!\[redacted\])[^\s'",;}\]\)]+"""
+)
 
 
 def redact(text: str) -> str:
