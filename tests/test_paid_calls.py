@@ -225,3 +225,41 @@ async def test_pay_helper_with_prefetched_quote(market, catalog, buyer):
         required = read_payment_required(await http.post(res["url"], json={"topic": "snow"}))
         result = await pay(http, buyer_client(market, buyer), required, "POST", res["url"], json={"topic": "snow"})
     assert result.response.status_code == 200, result.response.text
+
+
+async def test_owner_test_run_is_free_and_recorded_as_a_test(market, catalog):
+    seller = market.seller()
+    res = market.publish(seller)
+    before = market.devnet.balance_of(seller.payout)
+    r = market.http.post(f"/api/v1/me/resources/{res['id']}/test", json={"topic": "moss"}, headers=seller.headers)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["output"]["type"] == "text" and body["receipt"] is None
+    b = body["breakdown"]
+    assert b["price_usd"] == "0.01"
+    from decimal import Decimal
+
+    assert Decimal(b["margin_usd"]) == Decimal(b["price_usd"]) - Decimal(b["upstream_cost_usd"])
+    assert Decimal(b["upstream_cost_usd"]) > 0
+    assert market.devnet.balance_of(seller.payout) == before
+    rows = market.http.get("/api/v1/me/usage", params={"kind": "test"}, headers=seller.headers).json()["items"]
+    assert len(rows) == 1 and rows[0]["amount_atomic"] == 0
+    stats = market.http.get("/api/v1/me/stats", headers=seller.headers).json()
+    assert stats["today"]["test_runs"] == 1 and stats["today"]["earnings_atomic"] == 0
+    # Bad input and another creator's resource.
+    r = market.http.post(f"/api/v1/me/resources/{res['id']}/test", json={"nope": 1}, headers=seller.headers)
+    assert r.status_code == 422
+    other = market.seller()
+    r = market.http.post(f"/api/v1/me/resources/{res['id']}/test", json={"topic": "x"}, headers=other.headers)
+    assert r.status_code == 404
+
+
+async def test_earnings_show_in_stats(market, catalog, buyer):
+    seller = market.seller()
+    res = market.publish(seller)
+    for topic in ("one", "two"):
+        result = await pay_url(buyer_client(market, buyer), res["url"], json={"topic": topic})
+        assert result.response.status_code == 200
+    stats = market.http.get("/api/v1/me/stats", headers=seller.headers).json()
+    assert stats["today"]["calls"] == 2 and stats["today"]["earnings_atomic"] == 20_000
+    assert stats["series"][-1]["earnings_atomic"] == 20_000

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Any
 
+from fastapi import APIRouter, Body, Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from instant402.accounts.auth import current_user
+from instant402.accounts.models import User
+from instant402.deps import get_db
+from instant402.execution.limits import OverCapacity
 from instant402.payments.paid_call import handle_paid_call
+from instant402.payments.test_run import run_owner_test
 
 router = APIRouter(tags=["paid calls"])
 
@@ -16,3 +24,17 @@ router = APIRouter(tags=["paid calls"])
 )
 async def paid_call(creator: str, slug: str, request: Request):
     return await handle_paid_call(request, creator, slug)
+
+
+@router.post("/api/v1/me/resources/{resource_id}/test", summary="Run your own resource without paying (a test)")
+async def owner_test_run(
+    request: Request,
+    resource_id: int,
+    body: Any = Body(default=None),
+    user: User = Depends(current_user),
+    db: AsyncSession = Depends(get_db),
+):
+    try:
+        return await run_owner_test(request.app.state.runtime, db, user, resource_id, {} if body is None else body)
+    except OverCapacity as exc:
+        raise exc.to_api_error() from None

@@ -1,0 +1,71 @@
+"""The owner's test run: the real model call with the creator's key, no payment, recorded as a test."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from instant402.accounts.models import User
+from instant402.db.base import utcnow
+from instant402.errors import ApiError
+from instant402.execution.runner import run_resource
+from instant402.payments.paid_call import payment_timeout_seconds, success_body
+from instant402.resources.params import validate_input
+from instant402.resources.service import get_own
+from instant402.runtime import Runtime
+from instant402.usage.models import UsageKind, UsageRecord, UsageStatus
+from instant402.usage.service import usd_from_atomic
+
+
+async def run_owner_test(rt: Runtime, db: AsyncSession, user: User, resource_id: int, body: Any) -> dict[str, Any]:
+    resource = await get_own(db, user, resource_id)
+    if resource.status == "archived":
+        raise ApiError(409, "resource_archived", "Archived resources cannot be run.")
+    values = validate_input(resource, body)
+    deadline = time.time() + payment_timeout_seconds(resource, rt.settings.max_timeout_seconds)
+    async with rt.limits.upstream_slot(str(resource.owner_id)):
+        outcome = await run_resource(rt, resource, values, deadline)
+    fail, completion = outcome.failure, outcome.completion
+    cost = outcome.billed_usd
+    db.add(
+        UsageRecord(
+            resource_id=resource.id,
+            owner_id=resource.owner_id,
+            kind=UsageKind.test,
+            status=UsageStatus.failed if fail else UsageStatus.succeeded,
+            amount_atomic=0,
+            model_requested=resource.active_model_id,
+            model_used=completion.model_used if completion else fail.model,
+            prompt_tokens=completion.prompt_tokens if completion else None,
+            completion_tokens=completion.completion_tokens if completion else None,
+            upstream_cost=cost,
+            upstream_attempts=len(outcome.attempts),
+            error_category=str(fail.category) if fail else None,
+            error_code=fail.buyer_code if fail else None,
+            error_detail=fail.creator_detail[:2000] if fail else None,
+            run_ms=outcome.run_ms,
+            finished_at=utcnow(),
+        )
+    )
+    await db.commit()
+    if fail:
+        # The owner sees the precise cause (never the key itself: details are redacted at the source).
+        raise ApiError(
+            fail.http_status_for_buyer,
+            fail.buyer_code,
+            fail.buyer_message.replace(" You were not charged.", ""),
+            {
+                "category": str(fail.category),
+                "detail": fail.creator_detail,
+                "attempts": [a.as_dict() for a in outcome.attempts],
+            },
+        )
+    price = usd_from_atomic(resource.price_atomic)
+    upstream = completion.total_cost_usd
+    return {
+        **success_body(outcome, None),
+        "breakdown": {"price_usd": str(price), "upstream_cost_usd": str(upstream), "margin_usd": str(price - upstream)},
+        "attempts": [a.as_dict() for a in outcome.attempts],
+    }
