@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 
 from x402 import x402FacilitatorSync
 from x402.mechanisms.evm.exact import ExactEvmFacilitatorScheme, ExactEvmSchemeConfig
@@ -49,6 +50,9 @@ class LocalFacilitator:
         self.facilitator = facilitator
         self.network = network
         self._supported = facilitator.get_supported()
+        # One gas account on an auto-mining chain: a transaction sent with a later nonce than the account's next
+        # one is rejected instead of queued (a real node would queue it), so settlements go one at a time.
+        self._settle_lock = threading.Lock()
 
     def get_supported(self) -> SupportedResponse:
         return self._supported
@@ -57,7 +61,11 @@ class LocalFacilitator:
         return await asyncio.to_thread(self.facilitator.verify, payload, requirements)
 
     async def settle(self, payload: PaymentPayload, requirements: PaymentRequirements) -> SettleResponse:
-        return await asyncio.to_thread(self.facilitator.settle, payload, requirements)
+        return await asyncio.to_thread(self._settle, payload, requirements)
+
+    def _settle(self, payload: PaymentPayload, requirements: PaymentRequirements) -> SettleResponse:
+        with self._settle_lock:
+            return self.facilitator.settle(payload, requirements)
 
 
 def build_facilitator(devnet: Devnet, *, simulate_in_settle: bool = True) -> LocalFacilitator:
