@@ -230,3 +230,16 @@ def test_cli_new_master_adds_to_the_sandbox_file(cli_env, tmp_path):
     result = runner.invoke(cli, ["keys", "new-master", "--add-to-file"], env=env)
     assert result.exit_code == 0, result.output
     assert sorted(parse_master_keys((tmp_path / "master-keys").read_text())) == [1, 2]
+
+
+async def test_verify_of_an_undecryptable_key_is_a_clear_409(app, database, client, make_creator):
+    creator = await make_creator()
+    async with database.session() as db:
+        uid = await db.scalar(select(User.id).where(User.username == creator.username))
+    key = new_key()
+    await store(database, Vault({9: new_master_key()}), uid, key)  # a master key this server does not have
+    r = await client.post("/api/v1/me/openrouter-key/verify", headers=creator.headers)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "key_unreadable"
+    assert key not in r.text
+    shown = await client.get("/api/v1/me/openrouter-key", headers=creator.headers)
+    assert shown.status_code == 200 and shown.json()["masked"].endswith(key[-4:])
