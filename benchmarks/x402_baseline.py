@@ -60,7 +60,9 @@ async def run(calls: int, concurrency: int, http_facilitator: bool) -> None:
     async def measure(url: str) -> None:
         for _ in range(3):  # warm-up
             await _one(clients[0], url)
+        cpu_start = time.process_time()
         sequential = [await _one(clients[0], url) for _ in range(calls)]
+        cpu_per_call = (time.process_time() - cpu_start) / calls * 1000
         per_worker = max(1, calls // concurrency)
 
         async def worker(i: int) -> None:
@@ -72,6 +74,8 @@ async def run(calls: int, concurrency: int, http_facilitator: bool) -> None:
         wall = time.perf_counter() - start
         ms = [t * 1000 for t in sequential]
         print(f"  sequential paid call: median {statistics.median(ms):.1f} ms, p95 {_pct(ms, 0.95):.1f} ms (n={calls})")
+        # Whole-process CPU (buyer, server, facilitator, chain): robust to other load on the machine.
+        print(f"  CPU per sequential paid call (all parts, one process): {cpu_per_call:.1f} ms")
         print(f"  concurrency {concurrency}: {per_worker * concurrency / wall:.1f} paid calls/s")
 
     before = devnet.balance_of(payee.address)
