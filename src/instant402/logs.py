@@ -40,6 +40,10 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> loggi
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
+    if root.level > logging.DEBUG:
+        # A line per HTTP request or migration step is noise at INFO (and work on the paid-call path).
+        for name in ("httpx", "httpx2", "httpcore", "alembic", "openai"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     # Loggers with their own handlers (uvicorn's, for instance) do not reach the root one: mask there too.
     for logger in list(logging.Logger.manager.loggerDict.values()):
         for other in getattr(logger, "handlers", []):
