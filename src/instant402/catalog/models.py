@@ -6,9 +6,9 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Date, Integer, String, Text, select
+from sqlalchemy import JSON, BigInteger, Boolean, Date, ForeignKey, Integer, String, Text, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from instant402.catalog.parse import price_per_million
 from instant402.db.base import Base, BigIntPK, ExactDecimal, UTCDateTime, utcnow
@@ -63,7 +63,6 @@ class CatalogModel(Base):
 
     created: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     expiration_date: Mapped[date | None] = mapped_column(Date)
-    raw: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     content_hash: Mapped[str] = mapped_column(String(64), default="")  # SHA-256 of raw: skip unchanged rows
     # Lower-cased id, name and description in one column, so a search scans one value per row.
     search_text: Mapped[str] = mapped_column(Text, default="")
@@ -71,6 +70,21 @@ class CatalogModel(Base):
     first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True, index=True)
+
+    # OpenRouter's JSON lives in its own table: searches scan narrow rows (SQLite keeps big values inline).
+    raw_row: Mapped[CatalogModelRaw | None] = relationship(lazy="selectin", uselist=False, passive_deletes=True)
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        """The model object exactly as OpenRouter sent it."""
+        return self.raw_row.raw if self.raw_row is not None else {}
+
+
+class CatalogModelRaw(Base):
+    __tablename__ = "model_raw"
+
+    id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    raw: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
 class CuratedModel(Base):

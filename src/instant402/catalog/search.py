@@ -8,7 +8,7 @@ from decimal import Decimal, InvalidOperation
 
 from sqlalchemy import Select, Text, and_, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import defer
+from sqlalchemy.orm import defer, raiseload
 
 from instant402.catalog.models import CatalogModel, CuratedModel
 from instant402.catalog.parse import MILLION, MODALITIES
@@ -169,7 +169,7 @@ async def search_models(db: AsyncSession, query: ModelQuery) -> ModelPage:
 
     # Lists never show the raw JSON: leave the biggest columns on the server.
     statement = select(CatalogModel).options(
-        defer(CatalogModel.raw, raiseload=True), defer(CatalogModel.search_text, raiseload=True)
+        raiseload(CatalogModel.raw_row), defer(CatalogModel.search_text, raiseload=True)
     )
     if where is not None:
         statement = statement.where(where)

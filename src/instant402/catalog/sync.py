@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from instant402.catalog.curation import seed_default_curated
-from instant402.catalog.models import CatalogLock, CatalogModel, CatalogSyncRun
+from instant402.catalog.models import CatalogLock, CatalogModel, CatalogModelRaw, CatalogSyncRun
 from instant402.catalog.parse import PRICE_FIELDS, InvalidModel, format_decimal, parse_model, provider_display_names
 from instant402.db import Database
 from instant402.db.base import utcnow
@@ -282,13 +282,20 @@ async def _apply(database: Database, raw_models: list[Any], report: SyncReport) 
             raise SyncError(f"the model list is implausibly small: {len(seen)} models while {active_before} are active")
 
         insert = _dialect_insert(db)
-        statement = insert(CatalogModel)
+        statement = insert(CatalogModel.__table__)
         statement = statement.on_conflict_do_update(
             index_elements=["id"],
             set_={column: getattr(statement.excluded, column) for column in _UPDATE_COLUMNS},
         )
+        raw_statement = insert(CatalogModelRaw.__table__)
+        raw_statement = raw_statement.on_conflict_do_update(
+            index_elements=["id"], set_={"raw": raw_statement.excluded.raw}
+        )
         for start in range(0, len(to_write), CHUNK):
-            await db.execute(statement, to_write[start : start + CHUNK])
+            chunk = to_write[start : start + CHUNK]
+            raws = [{"id": v["id"], "raw": v.pop("raw")} for v in chunk]
+            await db.execute(statement, chunk)
+            await db.execute(raw_statement, raws)
         del to_write
 
         report.deactivated = sorted(i for i, row in existing.items() if row.is_active and i not in seen)

@@ -57,7 +57,6 @@ def upgrade() -> None:
         sa.Column("is_moderated", sa.Boolean(), nullable=False),
         sa.Column("created", UTCDateTime(), nullable=True),
         sa.Column("expiration_date", sa.Date(), nullable=True),
-        sa.Column("raw", sa.JSON(), nullable=False),
         sa.Column("content_hash", sa.String(64), nullable=False),
         sa.Column("search_text", sa.Text(), nullable=False),
         sa.Column("first_seen_at", UTCDateTime(), nullable=False),
@@ -67,6 +66,13 @@ def upgrade() -> None:
     )
     for column in _MODEL_INDEXES:
         op.create_index(op.f(f"ix_models_{column}"), "models", [column])
+    op.create_table(
+        "model_raw",
+        sa.Column("id", sa.String(255), nullable=False),
+        sa.Column("raw", sa.JSON(), nullable=False),
+        sa.ForeignKeyConstraint(["id"], ["models.id"], name=op.f("fk_model_raw_id_models"), ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_model_raw")),
+    )
     op.create_table(
         "catalog_curated",
         sa.Column("model_id", sa.String(255), nullable=False),
@@ -108,6 +114,7 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_catalog_sync_runs_status"), table_name="catalog_sync_runs")
     op.drop_table("catalog_sync_runs")
     op.drop_table("catalog_curated")
+    op.drop_table("model_raw")
     for column in reversed(_MODEL_INDEXES):
         op.drop_index(op.f(f"ix_models_{column}"), table_name="models")
     op.drop_table("models")
