@@ -272,3 +272,13 @@ async def test_delete_without_history_deletes(client, make_creator, database):
     assert r.status_code == 204
     assert await resource_count(database) == 0
     assert (await client.get(f"{API}/{rid}", headers=creator.headers)).status_code == 404
+
+
+async def test_a_new_resource_never_reuses_a_deleted_ones_templates(client, make_creator):
+    creator = await make_creator()
+    first = (await client.post(API, json=good(), headers=creator.headers)).json()
+    assert (await client.delete(f"{API}/{first['id']}", headers=creator.headers)).status_code == 204
+    body = good(prompt_template="Second {{text}}", system_prompt="", parameters=good()["parameters"][:1])
+    second = (await client.post(API, json=body, headers=creator.headers)).json()
+    assert [p["name"] for p in second["parameters"]] == ["text"]
+    assert list(second["input_schema"]["properties"]) == ["text"]

@@ -112,7 +112,7 @@ class CompiledResource:
         self.schema_cache: dict[str, Any] = {}
 
 
-_CACHE: dict[tuple[int, int], CompiledResource] = {}
+_CACHE: dict[tuple[Any, ...], CompiledResource] = {}
 _CACHE_LIMIT = 4096
 
 
@@ -121,7 +121,8 @@ def compiled(resource: Any) -> CompiledResource:
     rid, version = getattr(resource, "id", None), getattr(resource, "version", None)
     if rid is None or version is None:
         return CompiledResource(resource.parameters, resource.system_prompt, resource.prompt_template)
-    key = (rid, version)
+    # SQLite may give a deleted resource's id to a new one: the creation time tells them apart.
+    key = (rid, version, getattr(resource, "created_at", None))
     found = _CACHE.get(key)
     if found is None:
         if len(_CACHE) >= _CACHE_LIMIT:
