@@ -11,7 +11,8 @@ STATIC_DIR = Path(__file__).parent / "static"
 
 
 def mount_web(app: FastAPI) -> None:
-    from instant402.web.pages import router
+    from instant402.web import dashboard, editor, models_pages, owner, pages, public, settings
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    app.include_router(router)
+    for module in (pages, dashboard, settings, models_pages, editor, owner, public):
+        app.include_router(module.router)

@@ -19,15 +19,15 @@ from instant402.web.rendering import render
 router = APIRouter(include_in_schema=False)
 
 
+def safe_next(value: str | None) -> str:
+    """Where to go after logging in: only a path on this site."""
+    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
+        return value
+    return "/"
+
+
 def _fields(err: ApiError) -> dict[str, str]:
     return err.details.get("fields") or {"form": err.message}
-
-
-@router.get("/")
-async def home(request: Request, user: User | None = Depends(optional_user)):
-    if user is None:
-        return render(request, "landing.html")
-    return render(request, "dashboard.html", user=user)
 
 
 @router.get("/signup")
@@ -62,14 +62,14 @@ async def signup_form(request: Request, db: AsyncSession = Depends(get_db), sett
 async def login_page(request: Request, user: User | None = Depends(optional_user)):
     if user:
         return RedirectResponse("/", status_code=303)
-    return render(request, "login.html", values={}, errors={})
+    return render(request, "login.html", values={"next": safe_next(request.query_params.get("next"))}, errors={})
 
 
 @router.post("/login")
 async def login_form(request: Request, db: AsyncSession = Depends(get_db), settings: Settings = Depends(get_settings)):
     form = await request.form()
     check_form(request, form)
-    values = {"login": str(form.get("login", ""))}
+    values = {"login": str(form.get("login", "")), "next": safe_next(str(form.get("next", "")))}
     try:
         user = await service.authenticate(
             db, settings, values["login"], str(form.get("password", "")), client_ip(request)
@@ -77,7 +77,7 @@ async def login_form(request: Request, db: AsyncSession = Depends(get_db), setti
     except ApiError as err:
         return render(request, "login.html", status_code=err.status, values=values, errors={"form": err.message})
     session = await service.start_session(db, settings, user)
-    response = RedirectResponse("/", status_code=303)
+    response = RedirectResponse(values["next"], status_code=303)
     set_session_cookie(response, settings, session)
     return response
 
