@@ -35,6 +35,7 @@ def create_app(settings: Settings | None = None, *, facilitator: Any = None) -> 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        await app.state.runtime.start()  # background work: the embedded job runner
         yield
         await app.state.runtime.aclose()
         await app.state.db.dispose()

@@ -61,6 +61,16 @@ class Settings(BaseSettings):
     concurrency_lease_seconds: float = 60.0  # Redis slot lease, renewed while held; frees slots of crashed processes
     rate_limit_ip_per_minute: int = 120  # paid route and public API, per client IP (0: off)
     rate_limit_payer_per_minute: int = 60  # paid route, per paying address (0: off)
+    # Cost control and alerts.
+    creator_limits_cache_seconds: float = 5.0  # how long a process trusts its copy of a creator's limits
+    webhook_timeout_seconds: float = 3.0  # creator webhooks are fire-and-forget, cut off after this
+    # Long runs: resources that may run longer than this answer 202 with a job URL (0: never).
+    long_run_seconds: float = 60.0
+    job_mode: str = "embedded"  # "embedded": jobs run in the server process; "worker": in `instant402 worker`
+    job_concurrency: int = 4  # jobs one process runs at a time
+    job_poll_seconds: float = 1.0  # how often an idle runner looks for queued jobs
+    job_heartbeat_seconds: float = 5.0  # a running job's claim is refreshed this often
+    job_stale_seconds: float = 30.0  # a running job without heartbeat for this long is taken over
 
     # Payments (x402): the facilitator that verifies and settles, and what buyers pay with.
     facilitator_url: str = "https://x402.org/facilitator"

@@ -10,6 +10,7 @@ from typing import Any
 
 from instant402.config import Settings
 from instant402.db import Database
+from instant402.execution.budgets import LimitsCache
 from instant402.execution.limits import Limits, create_limits
 from instant402.execution.upstream import Upstream
 from instant402.keys.vault import Vault
@@ -27,6 +28,20 @@ class Runtime:
         self.gateway = PaymentGateway.from_settings(settings, facilitator)
         self._gateway_started = False
         self._gateway_lock: asyncio.Lock | None = None
+        self.creator_limits = LimitsCache(settings.creator_limits_cache_seconds)
+        self.jobs: Any = None  # the embedded JobRunner, when this process runs jobs
+
+    async def start(self) -> None:
+        """Background work of a server process: the embedded job runner (INSTANT402_JOB_MODE=embedded)."""
+        if self.settings.job_mode == "embedded" and self.jobs is None:
+            from instant402.execution.worker import JobRunner
+
+            self.jobs = JobRunner(self)
+            await self.jobs.start()
+
+    def wake_jobs(self) -> None:
+        if self.jobs is not None:
+            self.jobs.wake()
 
     async def payments(self) -> PaymentGateway:
         """The gateway, started on first use (it asks the facilitator what it supports once)."""
@@ -39,6 +54,9 @@ class Runtime:
         return self.gateway
 
     async def aclose(self) -> None:
+        if self.jobs is not None:
+            await self.jobs.stop()
+            self.jobs = None
         await self.upstream.aclose()
         await self.limits.aclose()
         await self.gateway.aclose()

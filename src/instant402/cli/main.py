@@ -45,6 +45,16 @@ def serve(
 
 
 @app.command()
+def worker():
+    """Run long-run jobs from the database queue (with INSTANT402_JOB_MODE=worker on the servers)."""
+    from instant402.execution.worker import run_worker
+
+    settings = load_settings()
+    require_vault(settings)
+    run_worker(settings)
+
+
+@app.command()
 def sandbox(
     port: int = typer.Option(8402, help="Port of the web app."),
     data_dir: Path = typer.Option(Path("./var/sandbox"), help="Where the sandbox keeps its data."),

@@ -1,12 +1,22 @@
-"""HTTP routes of the execution domain: generated media at ``GET /media/{sha256}.{ext}``."""
+"""HTTP routes of the execution domain: generated media, job status, the creator's limits and notices."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, Response
+from decimal import Decimal, InvalidOperation
 
-from instant402.errors import not_found
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from instant402.accounts.auth import current_user
+from instant402.accounts.models import User
+from instant402.db.base import utcnow
+from instant402.deps import get_db
+from instant402.errors import ApiError, not_found
+from instant402.execution import budgets, jobs, notify
 from instant402.execution.media import EXTENSIONS, LocalMediaStore, MediaStore, local_media_store, parse_media_name
+from instant402.execution.models import CreatorLimits, Notification
 
 router = APIRouter(tags=["execution"])
 
@@ -39,3 +49,128 @@ async def get_media(name: str, request: Request) -> Response:
     if data is None:
         raise not_found("media")
     return Response(data, media_type=EXTENSIONS[ext], headers=headers)
+
+
+@router.get("/jobs/{token}", tags=["jobs"], summary="A long run's state, and its result and receipt when done")
+async def get_job(token: str, request: Request):
+    body, headers = await jobs.job_status(request.app.state.runtime, token)
+    return JSONResponse(body, headers=headers)
+
+
+# --- the creator's cost limits and notices ------------------------------------------------------------------------
+
+MAX_USD = Decimal(1_000_000)
+
+
+class LimitsPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    per_call_cap_usd: str | None = Field(None, description="USD decimal; null: each resource's own price")
+    daily_budget_usd: str | None = Field(None, description="USD decimal; null: no daily budget")
+    webhook_url: str | None = Field(None, description="http(s) URL notified of pauses and refusals; null: none")
+
+
+class ReadBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[int] | None = Field(None, max_length=500, description="Notices to mark read; null: all of them")
+
+
+def _usd_field(name: str, value: str | None, errors: dict[str, str]) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        amount = Decimal(str(value).strip())
+    except (InvalidOperation, ValueError):
+        errors[name] = 'Must be a decimal amount of USD, e.g. "0.05".'
+        return None
+    if not amount.is_finite() or amount < 0 or amount > MAX_USD:
+        errors[name] = f"Must be between 0 and {MAX_USD}."
+    elif amount.as_tuple().exponent < -12:
+        errors[name] = "At most 12 decimal places."
+    return amount
+
+
+async def _limits_out(rt, db: AsyncSession, user_id: int) -> dict:
+    row = await db.get(CreatorLimits, user_id)
+    view = budgets.view_of(row)
+    today = utcnow().date()
+    used = row.budget_used_pusd if row is not None and row.budget_day == today else 0
+    return {
+        "per_call_cap_usd": budgets.usd_text(view.per_call_cap_usd),
+        "per_call_cap_default": "each resource's price" if view.per_call_cap_usd is None else None,
+        "daily_budget_usd": budgets.usd_text(budgets.from_pusd(view.daily_budget_pusd)),
+        "budget_used_today_usd": budgets.usd_text(budgets.from_pusd(used)) if view.daily_budget_pusd else None,
+        "budget_resets_at": budgets.next_reset().isoformat(),
+        "webhook_url": view.webhook_url,
+    }
+
+
+@router.get("/api/v1/me/limits", tags=["limits"], summary="Your per-call cost cap, daily budget and webhook")
+async def get_limits(request: Request, user: User = Depends(current_user), db: AsyncSession = Depends(get_db)):
+    return await _limits_out(request.app.state.runtime, db, user.id)
+
+
+@router.patch("/api/v1/me/limits", tags=["limits"], summary="Change your per-call cap, daily budget or webhook")
+async def patch_limits(
+    body: LimitsPatch, request: Request, user: User = Depends(current_user), db: AsyncSession = Depends(get_db)
+):
+    rt = request.app.state.runtime
+    errors: dict[str, str] = {}
+    cap = _usd_field("per_call_cap_usd", body.per_call_cap_usd, errors)
+    budget = _usd_field("daily_budget_usd", body.daily_budget_usd, errors)
+    hook = None
+    if "webhook_url" in body.model_fields_set:
+        try:
+            hook = notify.validate_webhook_field(body.webhook_url, rt.settings)
+        except ApiError as err:
+            errors.update(err.details["fields"])
+    if errors:
+        raise ApiError(422, "invalid_input", "Some limits are not valid.", {"fields": errors})
+    row = await db.get(CreatorLimits, user.id)
+    if row is None:
+        row = CreatorLimits(user_id=user.id, budget_used_pusd=0)
+        db.add(row)
+    fields = body.model_fields_set
+    if "per_call_cap_usd" in fields:
+        row.per_call_cap_usd = cap
+    if "daily_budget_usd" in fields:
+        row.daily_budget_pusd = budgets.to_pusd(budget) if budget is not None else None
+    if "webhook_url" in fields:
+        row.webhook_url = hook
+    row.updated_at = utcnow()
+    await db.commit()
+    rt.creator_limits.invalidate(user.id)
+    if "daily_budget_usd" in fields:
+        # A creator who raised or removed the budget wants the paused resources back now.
+        await budgets.lift_if_reset(rt, user.id, force=True)
+    return await _limits_out(rt, db, user.id)
+
+
+def _notice_out(row: Notification) -> dict:
+    return {
+        "id": row.id,
+        "kind": row.kind,
+        "message": row.message,
+        "details": row.details,
+        "created_at": row.created_at,
+        "read": row.read_at is not None,
+    }
+
+
+@router.get("/api/v1/me/notifications", tags=["limits"], summary="Your notices: pauses, refusals, budget")
+async def get_notifications(
+    unread: bool = Query(False, description="Only notices not yet marked read"),
+    limit: int = Query(50, ge=1, le=200),
+    user: User = Depends(current_user),
+    db: AsyncSession = Depends(get_db),
+):
+    rows = await notify.list_notifications(db, user.id, unread_only=unread, limit=limit)
+    return {"items": [_notice_out(r) for r in rows]}
+
+
+@router.post("/api/v1/me/notifications/read", tags=["limits"], summary="Mark notices read (all when no ids)")
+async def read_notifications(
+    body: ReadBody | None = None, user: User = Depends(current_user), db: AsyncSession = Depends(get_db)
+):
+    return {"marked": await notify.mark_read(db, user.id, body.ids if body else None)}

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from instant402.execution.errors import Category, UpstreamFailure, failure
+from instant402.execution.notify import notify
 from instant402.execution.upstream import Completion, CompletionRequest
 from instant402.keys.service import KeyUnavailable, NoOpenRouterKey, open_key_for_upstream, record_upstream_key_failure
 from instant402.resources.lifecycle import pause_creator_resources
@@ -73,15 +74,21 @@ async def run_resource(rt: Runtime, resource: Resource, values: dict[str, Any], 
         fail = exc
     if fail.pause_kind:
         async with rt.db.sessions() as db:
-            await _pause_for(db, resource.owner_id, fail)
+            paused = await _pause_for(db, resource.owner_id, fail)
+        # Dashboard notice and webhook; the webhook runs in the background and never delays the buyer.
+        reason = _REASONS.get(fail.pause_kind, "A problem with your OpenRouter key.")
+        details = {"reason": fail.pause_kind, "upstream_status": fail.upstream_status, "paused_resources": paused}
+        await notify(rt, resource.owner_id, fail.pause_kind, f"{reason} {paused} resource(s) paused.", details)
     return RunOutcome(None, fail, _ms(started))
 
 
-async def _pause_for(db: AsyncSession, owner_id: int, fail: UpstreamFailure) -> None:
+async def _pause_for(db: AsyncSession, owner_id: int, fail: UpstreamFailure) -> int:
     if fail.upstream_status in (401, 402):
         await record_upstream_key_failure(db, owner_id, fail.upstream_status, fail.creator_detail)
-    await pause_creator_resources(db, owner_id, fail.pause_kind, _REASONS.get(fail.pause_kind, fail.creator_detail))
+    reason = _REASONS.get(fail.pause_kind, fail.creator_detail)
+    paused = await pause_creator_resources(db, owner_id, fail.pause_kind, reason)
     await db.commit()
+    return paused
 
 
 def _ms(started: float) -> int:

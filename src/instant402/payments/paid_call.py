@@ -1,8 +1,9 @@
-"""The paid call, step by step: resolve, validate, quote (402), verify, claim, run, settle, record.
+"""The paid call, step by step: resolve, validate, cost check, quote (402), hold budget, verify, claim, run, settle.
 
-Order matters for money: nothing about a payment is touched before the input is valid and capacity is free, the
-run happens only after the payment is verified and claimed once in the database, and settlement happens only
-after the run delivered.
+Order matters for money: nothing about a payment is touched before the input is valid, the call's worst-case cost
+is within the creator's limits and capacity is free; the run happens only after the payment is verified and
+claimed once in the database, and settlement happens only after the run delivered. Long runs answer 202 with a job
+URL instead, and the job runner settles them the same way (execution.jobs).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from sqlalchemy.exc import IntegrityError
 
 from instant402.db.base import utcnow
 from instant402.errors import ApiError, error_body
+from instant402.execution import budgets, jobs
 from instant402.execution.limits import OverCapacity, RateLimited
+from instant402.execution.models import Job
 from instant402.execution.runner import RunOutcome, run_resource
 from instant402.payments.gateway import PaymentError, PaymentGateway
 from instant402.payments.models import PaymentClaim
@@ -82,7 +85,7 @@ async def _read_body(request: Request, limit: int) -> Any:
 
 
 def _paused(resource: Resource) -> ApiError:
-    headers = {"Retry-After": "3600"} if resource.pause_kind == "budget" else None
+    headers = {"Retry-After": str(budgets.seconds_to_reset())} if resource.pause_kind == "budget" else None
     message = _PAUSE_MESSAGES.get(resource.pause_kind or "manual", _DEFAULT_PAUSE_MESSAGE)
     return ApiError(503, "resource_paused", message, {"charged": False}, headers=headers)
 
@@ -116,8 +119,10 @@ async def _record(rt: Runtime, **fields) -> UsageRecord:
         return row
 
 
-async def _claim(rt: Runtime, quote: Quote, payer: str, nonce: str, valid_before: int | None, verify_ms: int):
-    """Insert the attempt and its payment claim together; None when this payment was already used."""
+async def _claim(
+    rt: Runtime, quote: Quote, payer: str, nonce: str, valid_before: int | None, verify_ms: int, job: Job | None = None
+):
+    """Insert the attempt, its payment claim (and the job of a long run) together; None when the payment was used."""
     r = quote.resource
     async with rt.db.sessions() as db:
         usage = UsageRecord(
@@ -146,6 +151,9 @@ async def _claim(rt: Runtime, quote: Quote, payer: str, nonce: str, valid_before
                 valid_before=expires,
             )
         )
+        if job is not None:
+            job.usage_id = usage.id
+            db.add(job)
         try:
             await db.commit()
         except IntegrityError:
@@ -154,7 +162,7 @@ async def _claim(rt: Runtime, quote: Quote, payer: str, nonce: str, valid_before
         return usage.id
 
 
-async def _finish(rt: Runtime, usage_id: int, outcome: RunOutcome, **fields) -> None:
+async def finish_usage(rt: Runtime, usage_id: int, outcome: RunOutcome, **fields) -> None:
     async with rt.db.sessions() as db:
         row = await db.get(UsageRecord, usage_id)
         completion, fail = outcome.completion, outcome.failure
@@ -198,9 +206,16 @@ async def handle_paid_call(request: Request, creator: str, slug: str) -> JSONRes
         # 1. resolve (404 unknown, 503 paused) and 2. validate the input before any payment is asked for.
         async with rt.db.sessions() as db:
             resource = await get_public(db, creator, slug)
+        budget_paused = resource.status == "paused" and resource.pause_kind == budgets.BUDGET
+        # Lazy end of a budget pause once the day is over.
+        if budget_paused and await budgets.lift_if_reset(rt, resource.owner_id):
+            async with rt.db.sessions() as db:
+                resource = await get_public(db, creator, slug)
         if resource.status != "published":
             raise _paused(resource)
         values = validate_input(resource, await _read_body(request, rt.settings.max_request_bytes))
+        # 2b. the call's worst-case upstream cost within the creator's per-call cap, before any quote.
+        limits, worst = await budgets.check_call_cost(rt, resource, values)
         await rt.limits.check_ip(ip)
         gateway = await rt.payments()
         quote = _quote(rt, gateway, resource)
@@ -216,16 +231,43 @@ async def handle_paid_call(request: Request, creator: str, slug: str) -> JSONRes
         payer = str(payload.payload.get("authorization", {}).get("from", ""))
         await rt.limits.check_payer(payer)
 
-        # Capacity is taken before verify, so a refusal touches no payment.
+        # Capacity and the budget hold are taken before verify, so a refusal touches no payment.
         async with rt.limits.upstream_slot(str(resource.owner_id)):
-            return await _verified_run(rt, gateway, quote, payload, values)
+            hold = await _hold_budget(rt, resource, limits, worst)
+            try:
+                return await _verified_run(rt, gateway, quote, payload, values, hold)
+            finally:
+                if hold is not None and not hold.transferred:
+                    await budgets.replace_hold(rt, resource.owner_id, hold.day, hold.pusd, hold.actual_usd)
     except (OverCapacity, RateLimited) as exc:
         return _json_error(exc.to_api_error())
     except ApiError as err:
         return _json_error(err)
 
 
-async def _verified_run(rt: Runtime, gateway: PaymentGateway, quote: Quote, payload, values) -> JSONResponse:
+@dataclass(slots=True)
+class Hold:
+    """The worst case reserved from today's budget; replaced by the actual cost after the run (or by the job)."""
+
+    day: Any
+    pusd: int
+    actual_usd: Any = None
+    transferred: bool = False  # a long run's job releases it
+
+
+async def _hold_budget(rt: Runtime, resource: Resource, limits: budgets.LimitsView, worst) -> Hold | None:
+    if limits.daily_budget_pusd is None:
+        return None
+    pusd = budgets.to_pusd(worst)
+    day = await budgets.reserve(rt, resource.owner_id, pusd)
+    if day is None:
+        raise await budgets.budget_reached(rt, resource, limits)
+    return Hold(day, pusd)
+
+
+async def _verified_run(
+    rt: Runtime, gateway: PaymentGateway, quote: Quote, payload, values, hold: Hold | None
+) -> JSONResponse:
     resource = quote.resource
     started = time.perf_counter()
     # 4. verify through the facilitator.
@@ -251,18 +293,39 @@ async def _verified_run(rt: Runtime, gateway: PaymentGateway, quote: Quote, payl
         )
 
     # 5. one run per payment, enforced by a unique key in the database (also across processes).
-    usage_id = await _claim(rt, quote, verified.payer, verified.nonce, verified.valid_before, verify_ms)
+    job = token = None
+    if jobs.is_long_run(resource, rt.settings.long_run_seconds):
+        # A long run becomes a job bound to this payment, created with the claim.
+        token, digest = jobs.new_token()
+        job = jobs.new_job(
+            resource,
+            values,
+            payload,
+            quote.requirements,
+            token_hash=digest,
+            valid_before=jobs.as_datetime(verified.valid_before),
+            budget_hold_pusd=hold.pusd if hold else 0,
+        )
+    usage_id = await _claim(rt, quote, verified.payer, verified.nonce, verified.valid_before, verify_ms, job)
     if usage_id is None:
         return _payment_required(gateway, quote, "payment_already_used", "This payment was already used.")
+    if job is not None:
+        if hold is not None:
+            hold.transferred = True
+        rt.wake_jobs()
+        url = jobs.job_url(rt.settings.public_url, token)
+        return JSONResponse(jobs.accepted_body(url, job), status_code=202, headers={"Location": url})
 
     # 6. run the model; the deadline ends before the authorization expires, leaving time to settle.
     deadline = time.time() + payment_timeout_seconds(resource, rt.settings.max_timeout_seconds)
     if verified.valid_before:
         deadline = min(deadline, verified.valid_before - rt.settings.settle_margin_seconds)
     outcome = await run_resource(rt, resource, values, deadline)
+    if hold is not None:
+        hold.actual_usd = outcome.billed_usd
     if outcome.failure is not None:
         # 8. no settlement: the buyer keeps their money and gets a buyer-safe message.
-        await _finish(rt, usage_id, outcome)
+        await finish_usage(rt, usage_id, outcome)
         return _json_error(outcome.failure.to_api_error())
 
     # 7. settle, and deliver only when the money moved.
@@ -270,7 +333,7 @@ async def _verified_run(rt: Runtime, gateway: PaymentGateway, quote: Quote, payl
     settled = await gateway.settle(payload, quote.requirements)
     settle_ms = int((time.perf_counter() - started) * 1000)
     if not settled.ok:
-        await _finish(
+        await finish_usage(
             rt,
             usage_id,
             outcome,
@@ -281,7 +344,7 @@ async def _verified_run(rt: Runtime, gateway: PaymentGateway, quote: Quote, payl
             settle_ms=settle_ms,
         )
         return _payment_required(gateway, quote, settled.reason, "The payment could not be settled; no result.")
-    await _finish(
+    await finish_usage(
         rt, usage_id, outcome, status=UsageStatus.succeeded, transaction_hash=settled.transaction, settle_ms=settle_ms
     )
     receipt = {
