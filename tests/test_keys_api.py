@@ -207,6 +207,10 @@ async def test_delete_removes_the_ciphertext_and_reports_paused(api, emulator, m
     emulator.add_key(replacement)
     r = await api.put(URL, json={"key": replacement}, headers=creator.headers)
     assert r.json()["masked"].endswith(replacement[-4:])
+    # A replacement OpenRouter rejects changes nothing: the saved key stays.
+    rejected = await api.put(URL, json={"key": new_key()}, headers=creator.headers)
+    assert rejected.status_code == 422
+    assert (await api.get(URL, headers=creator.headers)).json()["masked"].endswith(replacement[-4:])
     r = await api.delete(URL, headers=creator.headers)
     assert r.status_code == 200, r.text
     assert r.json()["removed"] is True and isinstance(r.json()["paused_resources"], int)
