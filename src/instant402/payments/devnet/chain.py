@@ -6,6 +6,7 @@ import hashlib
 import json
 import secrets
 import threading
+import time
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -22,10 +23,31 @@ DEFAULT_BUYER_BALANCE = 1_000 * 10**TOKEN_DECIMALS  # 1,000 USDC
 _GAS_FUNDING_WEI = 1_000 * 10**18
 
 
+# The chain's clock runs this far behind the wall clock. Block timestamps must strictly increase, so a chain that
+# mines more than one block per second (tests, benchmarks) would otherwise run ahead of real time and start
+# rejecting authorizations whose validBefore is still minutes away. x402 v2 clients sign validAfter = 0, and the
+# facilitator checks validBefore against the wall clock, so a lagging chain refuses nothing it should accept.
+CHAIN_CLOCK_LAG_SECONDS = 900
+
+
+def _lagging_now() -> int:
+    return int(time.time()) - CHAIN_CLOCK_LAG_SECONDS
+
+
+def _lagging_tester():
+    import eth._utils.headers as evm_headers
+    from eth_tester import EthereumTester, PyEVMBackend
+
+    evm_headers.eth_now = _lagging_now  # used by py-evm for every new block's timestamp
+    genesis = PyEVMBackend.generate_genesis_params(overrides={"timestamp": _lagging_now()})
+    return EthereumTester(PyEVMBackend(genesis_parameters=genesis))
+
+
 class LockedTesterProvider(EthereumTesterProvider):
     """The tester provider with every JSON-RPC request serialised: py-evm is not thread-safe."""
 
     def __init__(self, lock: threading.RLock, **kwargs: Any) -> None:
+        kwargs.setdefault("ethereum_tester", _lagging_tester())
         super().__init__(**kwargs)
         self.lock = lock
 
