@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from instant402 import __version__
 from instant402.accounts.routes import router as accounts_router
+from instant402.catalog.background import start_catalog_sync, stop_catalog_sync
 from instant402.catalog.routes import router as catalog_router
 from instant402.config import Mode, Settings, load_settings
 from instant402.db import Database
@@ -36,7 +37,9 @@ def create_app(settings: Settings | None = None, *, facilitator: Any = None) -> 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await app.state.runtime.start()  # background work: the embedded job runner
+        start_catalog_sync(app)  # first sync when the catalog is empty, then daily (off in tests)
         yield
+        await stop_catalog_sync(app)
         await app.state.runtime.aclose()
         await app.state.db.dispose()
 
