@@ -40,6 +40,9 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> loggi
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
+    # Database drivers log statements with their parameters (hidden prompts, ciphertexts): never at any level.
+    for name in ("aiosqlite", "sqlalchemy.engine", "sqlalchemy.pool", "asyncpg"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     if root.level > logging.DEBUG:
         # A line per HTTP request or migration step is noise at INFO (and work on the paid-call path).
         for name in ("httpx", "httpx2", "httpcore", "alembic", "openai"):
