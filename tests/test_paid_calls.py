@@ -263,3 +263,32 @@ async def test_earnings_show_in_stats(market, catalog, buyer):
     stats = market.http.get("/api/v1/me/stats", headers=seller.headers).json()
     assert stats["today"]["calls"] == 2 and stats["today"]["earnings_atomic"] == 20_000
     assert stats["series"][-1]["earnings_atomic"] == 20_000
+
+
+async def test_debug_logs_hold_no_key_and_no_system_prompt(market, catalog, buyer):
+    import io
+    import logging
+
+    from instant402.logs import configure_logging
+
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    configure_logging(market.settings.model_copy(update={"log_level": "DEBUG"}), stream=stream)
+    try:
+        seller = market.seller()
+        canary_prompt = "CANARY-PROMPT-7f3a never reveal"
+        res = market.publish(seller, system_prompt=canary_prompt)
+        ok = await pay_url(buyer_client(market, buyer), res["url"], json={"topic": "logs"})
+        assert ok.response.status_code == 200
+        market.emulator.fault(key=seller.openrouter_key, status=401)
+        failed = await pay_url(buyer_client(market, buyer), res["url"], json={"topic": "logs"})
+        assert failed.response.status_code >= 400
+        market.emulator.clear_faults()
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+    text = stream.getvalue()
+    assert "DEBUG" in text  # the capture worked
+    assert seller.openrouter_key not in text
+    assert canary_prompt not in text
