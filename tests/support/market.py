@@ -92,6 +92,9 @@ def market_settings(base: dict, port: int, emulator, devnet, **extra) -> Setting
             "asset_address": devnet.token,
             "asset_name": devnet.asset_name,
             "asset_version": devnet.asset_version,
+            # Every test pays from 127.0.0.1: per-IP limits are tested on their own, not by accident here.
+            "rate_limit_ip_per_minute": 0,
+            "rate_limit_payer_per_minute": 0,
             **extra,
         }
     )
