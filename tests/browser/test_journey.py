@@ -33,14 +33,16 @@ def sandbox(app, settings_overrides, emulator_server, devnet, devnet_facilitator
         devnet_facilitator,
         mode=Mode.sandbox,
         buyer_private_key=buyer.private_key,
+        catalog_sync_enabled=False,  # the test syncs the catalog itself, after each table clean-up
     ) as market:
         yield market
 
 
 @pytest.fixture
-async def catalog(sandbox, emulator):
-    # Tables are emptied after every test; the sandbox catalog is small, so sync it again.
-    report = await sync_catalog(sandbox.app.state.db, emulator.base_url)
+async def catalog(sandbox, database, emulator):
+    # Tables are emptied after every test; the sandbox catalog is small, so sync it again. The test loop's own
+    # engine does it: the served app's engine belongs to the server thread's loop.
+    report = await sync_catalog(database, emulator.base_url)
     assert report.ok, report
 
 

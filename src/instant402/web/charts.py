@@ -26,7 +26,7 @@ _STYLE = Style(
 )
 
 
-def _chart(title: str, days: list[date], series: dict[str, list], value_format) -> Markup:
+def _chart(title: str, days: list[date], series: dict[str, list], value_format, *, counts: bool = False) -> Markup:
     chart = pygal.Bar(
         style=_STYLE,
         width=640,
@@ -45,6 +45,10 @@ def _chart(title: str, days: list[date], series: dict[str, list], value_format) 
     )
     chart.x_labels = [d.strftime("%b %d") for d in days]
     chart.x_labels_major = [d.strftime("%b %d") for d in days[:: max(1, len(days) // 6)]]
+    if counts:  # whole numbers only on the axis: at most about six ticks
+        top = max((max(v, default=0) for v in series.values()), default=0)
+        step = max(1, -(-top // 5))
+        chart.y_labels = list(range(0, top + step + 1, step))
     for name, values in series.items():
         chart.add(name, values)
     svg = re.sub(r"<!--.*?-->", "", chart.render(is_unicode=True), flags=re.S)
@@ -59,6 +63,7 @@ def usage_charts(series: list[tuple[date, Totals]]) -> dict[str, Markup]:
         days,
         {"Paid calls": [t.calls for _, t in series], "Succeeded": [t.succeeded for _, t in series]},
         lambda v: f"{int(v)}",
+        counts=True,
     )
     # Earnings are exact Decimals; the chart only needs their drawing height, so floats are fine here.
     money = _chart(
