@@ -47,8 +47,11 @@ def limits_settings(settings, emulator):
     return settings.model_copy(update={"openrouter_base_url": emulator.base_url, "upstream_timeout_seconds": 10.0})
 
 
-async def run_capped_calls(emulator, settings, limiters, policy: CapacityPolicy, n: int = 10) -> list:
-    """``n`` simultaneous upstream calls, each holding a slot from one of ``limiters`` (round robin)."""
+async def run_capped_calls(emulator, settings, limiters, policy: CapacityPolicy, n: int = 10) -> tuple[list, dict]:
+    """``n`` simultaneous upstream calls, each holding a slot from one of ``limiters`` (round robin).
+
+    Returns the results and the emulator's counters for this run's key alone.
+    """
     key = f"sk-or-v1-{secrets.token_hex(24)}"
     emulator.add_key(key)
     emulator.fault(kind="latency", key=key, latency_ms=150)
@@ -64,15 +67,15 @@ async def run_capped_calls(emulator, settings, limiters, policy: CapacityPolicy,
             return exc
 
     try:
-        return await asyncio.gather(*(one(i) for i in range(n)))
+        results = await asyncio.gather(*(one(i) for i in range(n)))
     finally:
         await upstream.aclose()
+    return results, emulator.stats(key=key)
 
 
 async def test_memory_cap_of_two_holds_with_ten_calls(emulator, limits_settings):
     policy = CapacityPolicy(limit=2, queue_size=10, max_wait=30, retry_after=3)
-    results = await run_capped_calls(emulator, limits_settings, [MemoryConcurrencyLimiter()], policy)
-    stats = emulator.stats()
+    results, stats = await run_capped_calls(emulator, limits_settings, [MemoryConcurrencyLimiter()], policy)
     assert stats["total_calls"] == 10 and stats["max_in_flight"] == 2
     assert all(not isinstance(r, OverCapacity) for r in results)
 
@@ -81,8 +84,7 @@ async def test_redis_cap_of_two_holds_across_two_limiters(emulator, limits_setti
     a, b, prefix = redis_clients
     limiters = [RedisConcurrencyLimiter(a, prefix=prefix), RedisConcurrencyLimiter(b, prefix=prefix)]
     policy = CapacityPolicy(limit=2, queue_size=10, max_wait=30, retry_after=3)
-    results = await run_capped_calls(emulator, limits_settings, limiters, policy)
-    stats = emulator.stats()
+    results, stats = await run_capped_calls(emulator, limits_settings, limiters, policy)
     assert stats["total_calls"] == 10 and stats["max_in_flight"] == 2
     assert all(not isinstance(r, OverCapacity) for r in results)
     assert await limiters[0].in_flight("anything") == 0
@@ -91,11 +93,11 @@ async def test_redis_cap_of_two_holds_across_two_limiters(emulator, limits_setti
 async def test_short_queue_turns_the_rest_away(emulator, limits_settings):
     # Cap 2, no queue: of 10 simultaneous calls the ones that find no free slot get OverCapacity, never a call.
     policy = CapacityPolicy(limit=2, queue_size=0, max_wait=0, retry_after=7)
-    results = await run_capped_calls(emulator, limits_settings, [MemoryConcurrencyLimiter()], policy)
+    results, stats = await run_capped_calls(emulator, limits_settings, [MemoryConcurrencyLimiter()], policy)
     refused = [r for r in results if isinstance(r, OverCapacity)]
     assert refused and all(r.retry_after == 7 for r in refused)
-    assert emulator.stats()["total_calls"] == 10 - len(refused)
-    assert emulator.stats()["max_in_flight"] <= 2
+    assert stats["total_calls"] == 10 - len(refused)
+    assert stats["max_in_flight"] <= 2
 
 
 async def _queue_behaviour(limiter_a, limiter_b):

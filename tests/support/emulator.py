@@ -72,8 +72,9 @@ class EmulatorHandle:
     def calls(self) -> list[dict]:
         return self._ok(self._http.get("/calls")).json()["data"]
 
-    def stats(self) -> dict:
-        return self._ok(self._http.get("/stats")).json()
+    def stats(self, key: str | None = None) -> dict:
+        """Counters for the whole emulator, or for one key's calls only (``total_calls``, ``max_in_flight``)."""
+        return self._ok(self._http.get("/stats", params={"key": key} if key else None)).json()
 
     def reset(self) -> None:
         self._ok(self._http.post("/reset"))

@@ -88,12 +88,12 @@ class Emulator:
         key, error = self._key(request)
         stream = bool(body.get("stream"))
         requested = body.get("model")
-        call = self.state.call_started(requested if isinstance(requested, str) else None, None, stream)
+        label = key.label if key is not None else None
+        call = self.state.call_started(requested if isinstance(requested, str) else None, label, stream)
         try:
             if error is not None:
                 self.state.call_ended(call, error.status_code)
                 return error
-            call["key_label"] = key.label
             response = await self._chat(body, key, call, stream)
         except BaseException:
             self.state.call_ended(call, 500)

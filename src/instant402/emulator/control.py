@@ -158,7 +158,8 @@ def control_routes(state: EmulatorState) -> list[Route]:
         return _json({"data": list(state.calls)})
 
     async def stats(request: Request) -> Response:
-        return _json(state.stats())
+        key = request.query_params.get("key")
+        return _json(state.key_stats(key) if key else state.stats())
 
     async def reset(request: Request) -> Response:
         state.reset_stats()

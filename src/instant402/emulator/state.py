@@ -119,6 +119,7 @@ class EmulatorState:
         self._call_ids = itertools.count(1)
         self.calls: deque[dict] = deque(maxlen=MAX_CALLS_KEPT)
         self.in_flight = 0
+        self.in_flight_by_label: dict[str, int] = {}
         self.reset_stats()
 
     # keys
@@ -159,6 +160,9 @@ class EmulatorState:
         # Calls still running stay counted in flight; they finish against the fresh counters.
         self.calls.clear()
         self.max_in_flight = self.in_flight
+        # Per key too: tests sharing one emulator look at their own key, unaffected by others' slow calls.
+        self.max_in_flight_by_label = dict(self.in_flight_by_label)
+        self.calls_by_label: dict[str, int] = {}
         self.total_calls = 0
         self.by_status: dict[int, int] = {}
 
@@ -166,6 +170,10 @@ class EmulatorState:
         self.in_flight += 1
         self.total_calls += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        if key_label:
+            now = self.in_flight_by_label[key_label] = self.in_flight_by_label.get(key_label, 0) + 1
+            self.max_in_flight_by_label[key_label] = max(self.max_in_flight_by_label.get(key_label, 0), now)
+            self.calls_by_label[key_label] = self.calls_by_label.get(key_label, 0) + 1
         call = {
             "id": next(self._call_ids),
             "model_requested": model_requested,
@@ -186,9 +194,19 @@ class EmulatorState:
         if call["ended_at"] is not None:
             return
         self.in_flight -= 1
+        if call["key_label"]:
+            self.in_flight_by_label[call["key_label"]] -= 1
         call["status"] = status
         call["ended_at"] = time.time()
         self.by_status[status] = self.by_status.get(status, 0) + 1
+
+    def key_stats(self, key: str) -> dict:
+        label = self.keys[key].label if key in self.keys else mask_key(key)
+        return {
+            "total_calls": self.calls_by_label.get(label, 0),
+            "in_flight": self.in_flight_by_label.get(label, 0),
+            "max_in_flight": self.max_in_flight_by_label.get(label, 0),
+        }
 
     def stats(self) -> dict:
         return {
