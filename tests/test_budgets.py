@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import timedelta
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 
 import pytest
 from sqlalchemy import select, update
@@ -237,6 +237,7 @@ async def test_daily_budget_pauses_until_the_reset(market, catalog, buyer, datab
     worst = await _worst_case(market, database, res["id"], {"topic": "ice"})
     assert worst > 0
     # Exactly one worst case fits: the first call holds it all, its actual cost then stays spent.
+    worst = worst.quantize(Decimal("1e-12"), rounding=ROUND_CEILING)  # the API takes up to 12 decimals
     r = market.http.patch("/api/v1/me/limits", json={"daily_budget_usd": str(worst)}, headers=seller.headers)
     assert r.status_code == 200, r.text
     chain = market.devnet
@@ -356,7 +357,7 @@ async def test_credit_running_out_pauses_notifies_and_a_verified_top_up_resumes(
         assert chain.balance_of(buyer.address) == start_buyer - (served + 1) * 10_000
 
 
-async def test_dead_key_pauses_with_its_own_reason(market, catalog, buyer):
+async def test_dead_key_pauses_with_its_own_reason(market, catalog, buyer, database):
     seller = market.seller()
     res = market.publish(seller)
     market.emulator.fault(401, key=seller.openrouter_key)
@@ -368,6 +369,6 @@ async def test_dead_key_pauses_with_its_own_reason(market, catalog, buyer):
         market.emulator.clear_faults()
     assert _resource(market, seller, res["id"])["pause_kind"] == "key_invalid"
     assert [n["kind"] for n in await _notices(market, seller)] == ["key_invalid"]
-    async with market.app.state.db.sessions() as db:
+    async with database.sessions() as db:
         rows = (await db.scalars(select(Notification))).all()
         assert all(seller.openrouter_key not in (r.message + str(r.details)) for r in rows)

@@ -152,6 +152,21 @@ async def _burst(markets, seller, res_path, buyer, n: int):
     return await asyncio.gather(*(one(i) for i in range(n)))
 
 
+def _max_overlap(emulator, seller) -> int:
+    """Most upstream calls of this creator in flight at once, from the emulator's call log (other tests' calls that
+    are still sleeping in the emulator do not count)."""
+    label = mask_key(seller.openrouter_key)
+    events = []
+    for c in emulator.calls():
+        if c["key_label"] == label:
+            events += [(c["started_at"], 1), (c["ended_at"], -1)]
+    level = peak = 0
+    for _, step in sorted(events, key=lambda e: (e[0], e[1])):
+        level += step
+        peak = max(peak, level)
+    return peak
+
+
 def _check_burst(responses, before, after):
     served = [r for r in responses if r.status_code == 200]
     refused = [r for r in responses if r.status_code != 200]
@@ -177,11 +192,13 @@ async def test_concurrency_cap_of_two_holds_end_to_end(
         res = m.publish(seller)
         emulator.fault(kind="latency", latency_ms=600, key=seller.openrouter_key)
         emulator.reset()
+        baseline = emulator.stats()["in_flight"]  # calls of earlier tests still sleeping in the emulator
         buyer = devnet.buyers[3]
         before = devnet.balance_of(buyer.address)
         responses = await _burst([m], seller, res["path"], buyer, 10)
         emulator.clear_faults()
-        assert emulator.stats()["max_in_flight"] <= 2
+        assert emulator.stats()["max_in_flight"] - baseline <= 2
+        assert 1 <= _max_overlap(emulator, seller) <= 2
         served, refused = _check_burst(responses, before, devnet.balance_of(buyer.address))
         assert served + refused == 10
 
@@ -199,9 +216,11 @@ async def test_concurrency_cap_is_shared_by_two_servers_through_redis(
         res = a.publish(seller)
         emulator.fault(kind="latency", latency_ms=600, key=seller.openrouter_key)
         emulator.reset()
+        baseline = emulator.stats()["in_flight"]  # calls of earlier tests still sleeping in the emulator
         buyer = devnet.buyers[3]
         before = devnet.balance_of(buyer.address)
         responses = await _burst([a, b], seller, res["path"], buyer, 10)
         emulator.clear_faults()
-        assert emulator.stats()["max_in_flight"] <= 2
+        assert emulator.stats()["max_in_flight"] - baseline <= 2
+        assert 1 <= _max_overlap(emulator, seller) <= 2
         _check_burst(responses, before, devnet.balance_of(buyer.address))
