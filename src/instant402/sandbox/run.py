@@ -8,7 +8,9 @@ database, the master key, the account keys and the demo data live in the data di
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
 import socket
 import threading
 import time
@@ -62,6 +64,21 @@ class _ThreadServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+class _OwnSignalsServer(uvicorn.Server):
+    """uvicorn re-raises Ctrl-C after shutting down; the sandbox handles the signal itself and exits quietly."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+async def _serve_until_signal(server: uvicorn.Server) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+    await server.serve()
 
 
 def sandbox_settings(ports: Ports, data_dir: Path, devnet=None) -> Settings:
@@ -163,13 +180,14 @@ def run_sandbox(port: int, data_dir: Path) -> None:
         buyer_key_file.chmod(0o600)
         manifest = write_manifest(data_dir / "sandbox.json", settings, ports, devnet, demo)
         _print_banner(settings, manifest, demo, buyer_key_file, emulator_root)
-        uvicorn.run(
+        config = uvicorn.Config(
             create_app(settings, facilitator=facilitator),
             host="127.0.0.1",
             port=ports.web,
             access_log=False,
             log_level="warning",
         )
+        asyncio.run(_serve_until_signal(_OwnSignalsServer(config)))
     finally:
         for service in services:
             service.stop()
