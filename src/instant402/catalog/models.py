@@ -6,7 +6,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Date, ForeignKey, Integer, String, Text, select
+from sqlalchemy import JSON, BigInteger, Boolean, Date, ForeignKey, Index, Integer, String, Text, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -28,6 +28,18 @@ class CatalogModel(Base):
     """One OpenRouter model as last seen by a sync. Never deleted: resources point at it."""
 
     __tablename__ = "models"
+    __table_args__ = (
+        # Substring search (LIKE '%word%') from a trigram index on PostgreSQL (pg_trgm, see the migration). SQLite
+        # has no such index and scans search_text; there the index is declared empty (WHERE 0) so that both
+        # databases share one schema.
+        Index(
+            "ix_models_search_text_trgm",
+            "search_text",
+            postgresql_using="gin",
+            postgresql_ops={"search_text": "public.gin_trgm_ops"},
+            sqlite_where=text("0"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(255), primary_key=True)  # OpenRouter id, may hold "/" and ":"
     canonical_slug: Mapped[str | None] = mapped_column(String(255))

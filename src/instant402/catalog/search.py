@@ -6,9 +6,9 @@ import math
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
-from sqlalchemy import Select, Text, and_, cast, func, select
+from sqlalchemy import Text, cast, func, select, true
+from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import defer, raiseload
 
 from instant402.catalog.models import CatalogModel, CuratedModel
 from instant402.catalog.parse import MILLION, MODALITIES
@@ -50,7 +50,7 @@ class ModelQuery:
 
 @dataclass
 class ModelPage:
-    models: list[CatalogModel]
+    models: list[Row]  # LIST_COLUMNS by name: model.id, model.name, ...
     curated: set[str]
     total: int
     page: int
@@ -110,78 +110,117 @@ def _micro_ceiling(price_per_million: Decimal) -> int:
     return math.floor(price_per_million * MILLION)
 
 
+def _terms(query: ModelQuery) -> list[str]:
+    return (query.q or "").lower().split()
+
+
 def _filtered(query: ModelQuery) -> list:
     conditions = []
     if not query.include_inactive:
-        conditions.append(CatalogModel.is_active.is_(True))
-    for term in (query.q or "").lower().split():
-        conditions.append(CatalogModel.search_text.like(f"%{_escape_like(term)}%", escape="\\"))
+        conditions.append(CatalogModel.is_active == true())  # '=' so PostgreSQL uses the index
     if query.modality:
         conditions.append(CatalogModel.modality == query.modality)
     if query.provider:
         conditions.append(CatalogModel.provider == query.provider.lower())
-    if query.input_modality:
-        # A JSON list's text holds each element quoted; the value is one of a fixed set, so no escaping is needed.
-        conditions.append(cast(CatalogModel.input_modalities, Text).like(f'%"{query.input_modality}"%'))
     for name, wanted in (query.flags or {}).items():
-        conditions.append(FLAGS[name].is_(wanted))
+        conditions.append(FLAGS[name] == wanted)
     if query.max_prompt_price is not None:
         conditions.append(CatalogModel.prompt_price_micro <= _micro_ceiling(query.max_prompt_price))
     if query.max_completion_price is not None:
         conditions.append(CatalogModel.completion_price_micro <= _micro_ceiling(query.max_completion_price))
     if query.min_context is not None:
         conditions.append(CatalogModel.context_length >= query.min_context)
+    if query.input_modality:
+        # A JSON list's text holds each element quoted; the value is one of a fixed set, so no escaping is needed.
+        conditions.append(cast(CatalogModel.input_modalities, Text).like(f'%"{query.input_modality}"%'))
+    # Text last: SQLite tests conditions in order, so cheap filters spare most rows the substring scan.
+    # PostgreSQL answers these from the trigram index on search_text.
+    for term in _terms(query):
+        conditions.append(CatalogModel.search_text.like(f"%{_escape_like(term)}%", escape="\\"))
     return conditions
 
 
-def _ordered(statement: Select, sort: str) -> Select:
-    name_order = (CatalogModel.name, CatalogModel.id)
-    if sort == "curated":
-        statement = statement.outerjoin(CuratedModel, CuratedModel.model_id == CatalogModel.id)
-        return statement.order_by(CuratedModel.position.is_(None), CuratedModel.position, *name_order)
-    if sort == "name":
-        return statement.order_by(*name_order)
-    if sort == "prompt_price":
-        column = CatalogModel.prompt_price_micro
-        return statement.order_by(column.is_(None), column, *name_order)
-    if sort == "completion_price":
-        column = CatalogModel.completion_price_micro
-        return statement.order_by(column.is_(None), column, *name_order)
-    if sort == "context":
-        column = CatalogModel.context_length
-        return statement.order_by(column.is_(None), column.desc(), *name_order)
-    # newest
-    return statement.order_by(CatalogModel.created.is_(None), CatalogModel.created.desc(), *name_order)
+_NAME_ORDER = (CatalogModel.name, CatalogModel.id)
+# NULLS LAST rather than "column IS NULL": PostgreSQL can then walk the column's index and stop after one page.
+_ORDERS = {
+    "name": _NAME_ORDER,
+    "prompt_price": (CatalogModel.prompt_price_micro.asc().nulls_last(), *_NAME_ORDER),
+    "completion_price": (CatalogModel.completion_price_micro.asc().nulls_last(), *_NAME_ORDER),
+    "context": (CatalogModel.context_length.desc().nulls_last(), *_NAME_ORDER),
+    "newest": (CatalogModel.created.desc().nulls_last(), *_NAME_ORDER),
+}
+
+# What a listing shows: plain columns, no ORM objects (and never the raw JSON or the search text).
+LIST_COLUMNS = [
+    column
+    for column in CatalogModel.__table__.columns
+    if column.name not in ("search_text", "content_hash", "prompt_price_micro", "completion_price_micro")
+]
+
+
+async def _count(db: AsyncSession, conditions: list) -> int:
+    return (await db.execute(select(func.count()).select_from(CatalogModel).where(*conditions))).scalar_one()
+
+
+async def _page(db: AsyncSession, conditions: list, order, offset: int, limit: int, one_pass: bool, exclude=()):
+    """Rows ``offset`` to ``offset + limit`` of the matches in ``order`` leaving out the ids in ``exclude`` (which
+    the caller knows match), and how many match in all, ``exclude`` included.
+
+    ``one_pass`` counts in the same query (a window count): for text searches, where reading every row is the cost,
+    so it is paid once. Otherwise the count and the page are separate, each answered from indexes.
+    """
+    if limit <= 0:
+        return [], await _count(db, conditions)
+    page_conditions = [*conditions, CatalogModel.id.not_in(list(exclude))] if exclude else conditions
+    columns = [*LIST_COLUMNS, func.count().over().label("match_count")] if one_pass else LIST_COLUMNS
+    statement = select(*columns).where(*page_conditions).order_by(*order).limit(limit).offset(offset)
+    rows = list((await db.execute(statement)).all())
+    if one_pass and rows:
+        return rows, rows[0].match_count + len(exclude)
+    return rows, await _count(db, conditions)
+
+
+async def _curated_first(db: AsyncSession, conditions: list, offset: int, limit: int, one_pass: bool):
+    """The curated matches (a short list) in list order, then every other match by name."""
+    positions = dict((await db.execute(select(CuratedModel.model_id, CuratedModel.position))).all())
+    curated = []
+    if positions:
+        # Looked up by primary key, ordered here: the planner never has to weigh a join against the whole catalog.
+        statement = select(*LIST_COLUMNS).where(*conditions, CatalogModel.id.in_(list(positions)))
+        curated = sorted((await db.execute(statement)).all(), key=lambda r: (positions[r.id], r.name, r.id))
+    head = curated[offset : offset + limit]
+    curated_ids = {row.id for row in curated}
+    rest_offset = max(0, offset - len(curated))
+    rest, total = await _page(db, conditions, _NAME_ORDER, rest_offset, limit - len(head), one_pass, curated_ids)
+    return head + rest, total, curated_ids
 
 
 async def search_models(db: AsyncSession, query: ModelQuery) -> ModelPage:
     """One page of matching models plus the total count; 422 when the page is past the end."""
     validate(query)
     conditions = _filtered(query)
-    where = and_(*conditions) if conditions else None
-    count = select(func.count()).select_from(CatalogModel)
-    if where is not None:
-        count = count.where(where)
-    total = (await db.execute(count)).scalar_one()
+    offset = (query.page - 1) * query.per_page
+    one_pass = bool(_terms(query))
+    if query.sort == "curated":
+        models, total, curated = await _curated_first(db, conditions, offset, query.per_page, one_pass)
+    else:
+        models, total = await _page(db, conditions, _ORDERS[query.sort], offset, query.per_page, one_pass)
+        curated = set()
+        if models:
+            result = await db.execute(
+                select(CuratedModel.model_id).where(CuratedModel.model_id.in_([m.id for m in models]))
+            )
+            curated = set(result.scalars())
     pages = max(1, math.ceil(total / query.per_page))
     if query.page > pages:
         raise field_error("page", f"Page out of range: there are {pages} page(s) of results.")
-
-    # Lists never show the raw JSON: leave the biggest columns on the server.
-    statement = select(CatalogModel).options(
-        raiseload(CatalogModel.raw_row), defer(CatalogModel.search_text, raiseload=True)
-    )
-    if where is not None:
-        statement = statement.where(where)
-    statement = _ordered(statement, query.sort).limit(query.per_page).offset((query.page - 1) * query.per_page)
-    models = list((await db.execute(statement)).scalars())
-    curated = set()
-    if models:
-        result = await db.execute(
-            select(CuratedModel.model_id).where(CuratedModel.model_id.in_([m.id for m in models]))
-        )
-        curated = set(result.scalars())
     return ModelPage(models=models, curated=curated, total=total, page=query.page, per_page=query.per_page)
+
+
+async def provider_exists(db: AsyncSession, provider: str) -> bool:
+    """Whether any stored model (active or not) comes from ``provider``; reads one index entry."""
+    statement = select(CatalogModel.id).where(CatalogModel.provider == provider.lower()).limit(1)
+    return (await db.execute(statement)).first() is not None
 
 
 async def known_providers(db: AsyncSession) -> set[str]:

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -221,6 +221,10 @@ async def _apply(database: Database, raw_models: list[Any], report: SyncReport) 
     names = provider_display_names([m for m in raw_models if isinstance(m, dict)])
     report.fetched = len(raw_models)
     async with database.session() as db:
+        if db.get_bind().dialect.name == "postgresql":
+            # New rows wait in the trigram index's pending list and join the index in one bulk merge (at the latest
+            # in the vacuum after the sync) instead of one index insertion per row.
+            await db.execute(text("SET LOCAL gin_pending_list_limit = '256MB'"))
         existing = {
             row.id: row
             for row in await db.execute(
@@ -307,10 +311,11 @@ async def _apply(database: Database, raw_models: list[Any], report: SyncReport) 
                 .values(is_active=False)
                 .execution_options(synchronize_session=False)
             )
-        # Every active row now is one this fetch listed.
+        # Every active row now is one this fetch listed; rows written above already carry ``now``, and writing them
+        # twice would double the work (and on PostgreSQL the dead rows).
         await db.execute(
             update(CatalogModel)
-            .where(CatalogModel.is_active.is_(True))
+            .where(CatalogModel.is_active.is_(True), CatalogModel.last_seen_at < now)
             .values(last_seen_at=now)
             .execution_options(synchronize_session=False)
         )
@@ -328,6 +333,24 @@ async def _apply(database: Database, raw_models: list[Any], report: SyncReport) 
         await _record_run(database, report, db)
         await db.commit()
     log.info("catalog sync done: %s", report.counts())
+    await _refresh_statistics(database)
+
+
+async def _refresh_statistics(database: Database) -> None:
+    """Fresh planner statistics after a sync, so searches pick the right index from the first request on.
+
+    PostgreSQL also vacuums: a sync rewrites many rows, and counting from an index needs the dead ones gone.
+    Best effort: a sync that committed stays a success even if this cannot run.
+    """
+    postgres = database.engine.dialect.name == "postgresql"
+    statements = ["VACUUM (ANALYZE) models"] if postgres else ["ANALYZE models", "ANALYZE catalog_curated"]
+    try:
+        async with database.engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")  # VACUUM refuses transactions
+            for statement in statements:
+                await conn.execute(text(statement))
+    except Exception:
+        log.warning("could not refresh catalog statistics after the sync", exc_info=True)
 
 
 # --- reading reports ------------------------------------------------------------------------------------------

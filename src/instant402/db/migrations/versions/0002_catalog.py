@@ -66,6 +66,21 @@ def upgrade() -> None:
     )
     for column in _MODEL_INDEXES:
         op.create_index(op.f(f"ix_models_{column}"), "models", [column])
+    if op.get_bind().dialect.name == "postgresql":
+        # Database-wide and shared by every schema, hence created in (and named from) public; a trusted extension,
+        # so the database owner may create it.
+        op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA public")
+        # Room on each page for a second version of every row: a sync's last_seen_at update then stays on the page
+        # (a HOT update) and touches none of the indexes; the vacuum after each sync frees the room again.
+        op.execute("ALTER TABLE models SET (fillfactor = 50)")
+    op.create_index(
+        op.f("ix_models_search_text_trgm"),
+        "models",
+        ["search_text"],
+        postgresql_using="gin",
+        postgresql_ops={"search_text": "public.gin_trgm_ops"},
+        sqlite_where=sa.text("0"),  # SQLite has no trigram index: an empty one keeps the schemas alike
+    )
     op.create_table(
         "model_raw",
         sa.Column("id", sa.String(255), nullable=False),
@@ -115,6 +130,7 @@ def downgrade() -> None:
     op.drop_table("catalog_sync_runs")
     op.drop_table("catalog_curated")
     op.drop_table("model_raw")
+    op.drop_index(op.f("ix_models_search_text_trgm"), table_name="models")  # pg_trgm stays: other schemas may use it
     for column in reversed(_MODEL_INDEXES):
         op.drop_index(op.f(f"ix_models_{column}"), table_name="models")
     op.drop_table("models")
