@@ -44,6 +44,17 @@ def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 120) -> None:
     raise AssertionError("sandbox did not become ready")
 
 
+def poll_job(url: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = httpx.get(url, timeout=10).json()
+        if body["state"] == "succeeded":
+            return body
+        assert body["state"] in ("queued", "running"), body
+        time.sleep(0.3)
+    raise AssertionError("the job did not finish")
+
+
 def stop(proc: subprocess.Popen) -> str:
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=30)
@@ -79,8 +90,13 @@ async def test_sandbox_end_to_end(tmp_path):
             info = httpx.get(f"{url}/api/v1/resources/{resource.removeprefix(url + '/')}").json()
             params = {p["name"]: "sandbox" for p in info["parameters"] if p.get("required")}
             result = await pay_url(client, resource, json=params)
-            assert result.response.status_code == 200, result.response.text
-            kinds.add(result.response.json()["output"]["type"])
+            body = result.response.json()
+            if result.response.status_code == 202:  # a long run (the image resource): follow the job
+                body = poll_job(body["job"]["url"])
+            else:
+                assert result.response.status_code == 200, result.response.text
+            assert body["receipt"]["transaction"], body
+            kinds.add(body["output"]["type"])
         assert kinds == {"text", "json", "image"}
     finally:
         out = stop(proc)
