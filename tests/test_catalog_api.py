@@ -265,3 +265,59 @@ async def test_admin_sync(client, database, settings, make_creator, emu_all, mon
 
     runs = (await client.get("/api/v1/admin/catalog/sync", headers=admin.headers)).json()["data"]
     assert [run["status"] for run in runs] == ["failed", "ok"]
+
+
+def _expected_default_order(rule) -> list[str]:
+    """Curated models in list order, then every other one by (name, id): the default sort, computed from the source."""
+    matching = {m["id"]: m for m in RAW if rule(m)}
+    curated = [i for i in dict.fromkeys(default_curated_ids()) if i in matching]
+    rest = sorted((m["name"], i) for i, m in matching.items() if i not in curated)
+    return curated + [i for _, i in rest]
+
+
+@pytest.mark.parametrize(
+    ("params", "rule"),
+    [
+        ({}, lambda m: True),
+        ({"tools": "true"}, lambda m: "tools" in m["supported_parameters"]),
+        # A text query takes the one-pass path (page and count in the same query).
+        ({"q": "gpt"}, lambda m: "gpt" in f"{m['id']}\n{m['name']}\n{m['description']}".lower()),
+        (
+            {"q": "openai", "vision": "true"},
+            lambda m: (
+                "openai" in f"{m['id']}\n{m['name']}\n{m['description']}".lower()
+                and "image" in m["architecture"]["input_modalities"]
+            ),
+        ),
+    ],
+)
+async def test_default_order_pages_across_the_curated_list(client, synced, params, rule):
+    expected = _expected_default_order(rule)
+    assert expected
+    per_page, seen, page = 7, [], 1  # 7 does not divide the curated list: pages straddle its end
+    while True:
+        r = await client.get("/api/v1/models", params={**params, "page": page, "per_page": per_page})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["total"] == len(expected) and body["pages"] == -(-len(expected) // per_page)
+        seen += [m["id"] for m in body["data"]]
+        if page == body["pages"]:
+            break
+        page += 1
+    assert seen == expected
+    r = await client.get("/api/v1/models", params={**params, "page": page + 1, "per_page": per_page})
+    assert r.status_code == 422 and "page" in r.json()["error"]["details"]["fields"]
+
+
+async def test_text_query_with_other_sorts_counts_and_orders(client, synced):
+    words = ("free",)
+    expected = {m["id"] for m in RAW if all(w in f"{m['id']}\n{m['name']}\n{m['description']}".lower() for w in words)}
+    by_price = await fetch_all(client, q="free", sort="prompt_price")
+    assert ids(by_price) == expected
+    known = [Decimal(m["pricing"]["prompt_per_million"]) for m in by_price if m["pricing"]["prompt_per_million"]]
+    assert known == sorted(known)
+    assert all(m["pricing"]["prompt_per_million"] is None for m in by_price[len(known) :])
+    by_context = await fetch_all(client, q="free", sort="context")
+    contexts = [m["context_length"] for m in by_context]
+    known_contexts = [c for c in contexts if c is not None]
+    assert known_contexts == sorted(known_contexts, reverse=True) and contexts[: len(known_contexts)] == known_contexts

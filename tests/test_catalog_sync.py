@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
@@ -219,3 +219,33 @@ async def test_default_curated_list_is_stored_once(database, emu_all):
     assert (await sync_catalog(database, emu_all.base_url)).ok
     async with database.session() as db:
         assert await curated_ids(db) == []  # emptied on purpose stays empty
+
+
+async def test_sync_leaves_fresh_planner_statistics(database, emu_all):
+    """Searches choose their index from the first request on: the sync analyzes (and on PostgreSQL vacuums)."""
+    assert (await sync_catalog(database, emu_all.base_url)).ok
+    async with database.session() as db:
+        if database.engine.dialect.name == "postgresql":
+            row = (
+                await db.execute(
+                    text(
+                        "SELECT last_vacuum, last_analyze FROM pg_stat_user_tables "
+                        "WHERE relname = 'models' AND schemaname = current_schema()"
+                    )
+                )
+            ).one()
+            assert row.last_vacuum is not None and row.last_analyze is not None
+            index = (
+                await db.execute(
+                    text(
+                        "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_models_search_text_trgm' "
+                        "AND schemaname = current_schema()"
+                    )
+                )
+            ).scalar_one()
+            assert "gin" in index and "gin_trgm_ops" in index
+        else:
+            stats = (
+                await db.execute(text("SELECT stat FROM sqlite_stat1 WHERE tbl = 'models' AND idx = 'ix_models_name'"))
+            ).scalar_one()
+            assert stats.split()[0] == str(len(_raw(ALL)))
