@@ -279,3 +279,36 @@ async def _requeue(rt) -> int:
         return await jobs.requeue_stale(proxy)
     finally:
         await db.dispose()
+
+
+async def test_job_settled_just_before_a_crash_is_delivered_not_failed(
+    open_market, catalog, buyer, database, devnet_facilitator
+):
+    from x402.schemas import PaymentPayload, PaymentRequirements
+
+    # Worker mode: no runner in the server, so the job waits while we play the crashed first run.
+    with open_market(job_mode="worker") as market:
+        seller = market.seller()
+        res = image_resource(market, seller)
+        chain = market.devnet
+        before = chain.balance_of(buyer.address)
+        r = await pay(market, buyer, res["url"], {"topic": "a lost receipt"})
+        assert r.status_code == 202, r.text
+        url_path = "/jobs/" + r.json()["job"]["url"].rsplit("/", 1)[1]
+    row = await job_row(database)
+    # The first run delivered and kept its result, settled on chain, then the process died before recording it.
+    kept = {"output": {"type": "text", "text": "kept result"}, "usage": {}, "model": IMAGE_MODEL, "receipt": None}
+    settled = await devnet_facilitator.settle(
+        PaymentPayload.model_validate(row.payment_payload), PaymentRequirements.model_validate(row.requirements)
+    )
+    assert settled.success
+    async with database.sessions() as db:
+        await db.execute(update(Job).where(Job.id == row.id).values(result=kept, state="queued", claimed_by=None))
+        await db.commit()
+    with open_market() as second:
+        done = poll(second.url + url_path).json()
+        assert done["state"] == "succeeded", done
+        assert done["output"]["text"] == "kept result" and done["receipt"]["amount"] == str(PRICE)
+        assert chain.balance_of(buyer.address) == before - PRICE  # charged once, and served
+        usage = second.http.get("/api/v1/me/usage", headers=seller.headers).json()["items"]
+        assert usage[0]["status"] == "succeeded"

@@ -202,6 +202,7 @@ async def execute(rt: Runtime, job_id: int, worker_id: str, settling: set[int] |
     valid_before = job.valid_before.timestamp()
     deadline = valid_before - rt.settings.settle_margin_seconds
     result = job.result
+    resumed = result is not None  # an earlier run delivered; it may have settled before the process died
     if result is None:
         if time.time() >= deadline:
             return await _fail(rt, job, worker_id, _expired(), "expired before it could run")
@@ -220,10 +221,16 @@ async def execute(rt: Runtime, job_id: int, worker_id: str, settling: set[int] |
         await _update(rt, job, worker_id, result=result)
     if settling is not None:
         settling.add(job_id)
-    return await _settle(rt, job, worker_id, result, valid_before)
+    return await _settle(rt, job, worker_id, result, valid_before, resumed)
 
 
-async def _settle(rt: Runtime, job: Job, worker_id: str, result: dict[str, Any], valid_before: float) -> str:
+# The facilitator's answer when the authorization's nonce is already spent on chain.
+NONCE_USED = "invalid_exact_evm_nonce_already_used"
+
+
+async def _settle(
+    rt: Runtime, job: Job, worker_id: str, result: dict[str, Any], valid_before: float, resumed: bool = False
+) -> str:
     if time.time() >= valid_before:
         return await _fail(rt, job, worker_id, _expired(), "the payment authorization expired before settlement")
     gateway = await rt.payments()
@@ -232,6 +239,10 @@ async def _settle(rt: Runtime, job: Job, worker_id: str, result: dict[str, Any],
     started = time.perf_counter()
     settled = await gateway.settle(payload, requirements)
     settle_ms = int((time.perf_counter() - started) * 1000)
+    if not settled.ok and resumed and settled.reason == NONCE_USED:
+        # The process died after settling and before recording it. The claim is this job's alone, so the spent
+        # authorization means the buyer paid: deliver the kept result (the transaction hash was lost with it).
+        return await _delivered(rt, job, worker_id, result, requirements, settle_ms)
     if not settled.ok:
         await _usage(
             rt,
@@ -261,6 +272,27 @@ async def _settle(rt: Runtime, job: Job, worker_id: str, result: dict[str, Any],
         result={**result, "receipt": receipt},
         payment_response=gateway.payment_response_header(settled),
         finished_at=utcnow(),
+    )
+    return JobState.succeeded
+
+
+async def _delivered(rt: Runtime, job: Job, worker_id: str, result, requirements, settle_ms: int) -> str:
+    payload = job.payment_payload.get("payload", {}).get("authorization", {})
+    receipt = {
+        "transaction": None,
+        "network": requirements.network,
+        "payer": payload.get("from"),
+        "amount": requirements.amount,
+    }
+    await _usage(
+        rt,
+        job.usage_id,
+        status=UsageStatus.succeeded,
+        error_detail="settled before a restart; the transaction hash was not recorded",
+        settle_ms=settle_ms,
+    )
+    await _update(
+        rt, job, worker_id, state=JobState.succeeded, result={**result, "receipt": receipt}, finished_at=utcnow()
     )
     return JobState.succeeded
 
