@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import timedelta
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -312,3 +313,18 @@ async def test_job_settled_just_before_a_crash_is_delivered_not_failed(
         assert chain.balance_of(buyer.address) == before - PRICE  # charged once, and served
         usage = second.http.get("/api/v1/me/usage", headers=seller.headers).json()["items"]
         assert usage[0]["status"] == "succeeded"
+
+
+async def test_buyer_cli_follows_a_long_run_to_its_result(open_market, catalog, buyer):
+    from instant402.payments.cli import call_resource
+
+    with open_market() as market:
+        seller = market.seller()
+        res = image_resource(market, seller)
+        before = market.devnet.balance_of(buyer.address)
+        target = res["path"].lstrip("/")
+        report = await call_resource(market.url, target, {"topic": "cli"}, buyer.private_key, max_price=Decimal("1"))
+        assert report.status == 200 and report.paid, report.as_json()
+        assert report.result["output"]["type"] == "image"
+        assert report.receipt["transaction"] == report.result["receipt"]["transaction"]
+        assert market.devnet.balance_of(buyer.address) == before - PRICE

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -102,3 +104,15 @@ def chosen_requirement(payment_required: PaymentRequired) -> PaymentRequirements
         if req.scheme == "exact":
             return req
     raise ValueError("the server offers no 'exact' payment requirement")
+
+
+async def follow_job(http: httpx.AsyncClient, accepted: httpx.Response, *, give_up_after: float = 180.0) -> PaidResult:
+    """Poll the job URL of a 202 answer until the job succeeds or fails (or ``give_up_after`` seconds pass)."""
+    url = accepted.headers.get("Location") or accepted.json()["job"]["url"]
+    deadline = time.monotonic() + give_up_after
+    while True:
+        response = await http.get(url)
+        state = response.json().get("state") if response.status_code == 200 else None
+        if state not in ("queued", "running") or time.monotonic() > deadline:
+            return PaidResult(response, read_receipt(response))
+        await asyncio.sleep(min(float(response.headers.get("Retry-After", "1")), 2.0))

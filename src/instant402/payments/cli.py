@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from instant402.payments.buyer import chosen_requirement, make_buyer_client, pay, read_payment_required, usd
+from instant402.payments.buyer import chosen_requirement, follow_job, make_buyer_client, pay, read_payment_required, usd
 
 
 class CallError(Exception):
@@ -148,6 +148,12 @@ async def call_resource(
             raise CallError(f"the paid request failed: {exc}") from None
         except Exception as exc:  # signing problems (bad key, refused by spend controls)
             raise CallError(f"could not sign the payment: {exc}") from None
+        if paid.response.status_code == 202:  # a long run: the answer comes from its job URL
+            report.notes.append("long run: followed the job URL")
+            try:
+                paid = await follow_job(http, paid.response, give_up_after=http_timeout)
+            except (httpx.HTTPError, ValueError, KeyError) as exc:
+                raise CallError(f"could not follow the job: {exc}") from None
         report.status = paid.response.status_code
         report.paid = paid.receipt is not None and paid.receipt.success
         report.result = _body(paid.response)
