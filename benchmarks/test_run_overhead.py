@@ -134,7 +134,18 @@ def main() -> None:
                 http.post(path, json={"topic": "sea"}, headers=auth).raise_for_status()
                 latencies.append((time.perf_counter() - t0) * 1000)
             server_cpu = (cpu_seconds(server.pid) - cpu0) / args.calls * 1000
+            reference = {}
+            for name, method, url_path in (
+                ("GET /healthz", "GET", "/healthz"),
+                ("GET /api/v1/me (auth)", "GET", "/api/v1/me"),
+            ):
+                cpu0 = cpu_seconds(server.pid)
+                for _ in range(args.calls):
+                    http.request(method, url_path, headers=auth).raise_for_status()
+                reference[name] = (cpu_seconds(server.pid) - cpu0) / args.calls * 1000
             direct_cpu, direct_wall = asyncio.run(direct(base_url, key, args.calls))
+            for name, ms in reference.items():
+                print(f"reference: {name}: server CPU {ms:.2f} ms/request")
             print(
                 f"direct openai SDK call to the emulator: client CPU {direct_cpu:.2f} ms/call, "
                 f"{direct_wall:.2f} ms wall"

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from instant402.execution.errors import Category, UpstreamFailure, failure
 from instant402.execution.notify import notify
 from instant402.execution.upstream import Completion, CompletionRequest
+from instant402.keys.secret import SecretKey
 from instant402.keys.service import KeyUnavailable, NoOpenRouterKey, open_key_for_upstream, record_upstream_key_failure
 from instant402.resources.lifecycle import pause_creator_resources
 from instant402.resources.params import build_messages
@@ -58,13 +59,19 @@ def completion_request(rt: Runtime, resource: Resource, values: dict[str, Any]) 
     )
 
 
-async def run_resource(rt: Runtime, resource: Resource, values: dict[str, Any], deadline: float) -> RunOutcome:
-    """Decrypt the key at the last moment, call the model, and react to key trouble (pause the creator)."""
+async def run_resource(
+    rt: Runtime, resource: Resource, values: dict[str, Any], deadline: float, key: SecretKey | None = None
+) -> RunOutcome:
+    """Call the model with the creator's key and react to key trouble (pause the creator).
+
+    ``key`` is the key the caller opened in its own transaction; without it the key is decrypted (and counted) here.
+    """
     started = time.perf_counter()
     request = completion_request(rt, resource, values)
     try:
-        async with rt.db.sessions() as db:
-            key = await open_key_for_upstream(db, rt.vault, resource.owner_id)
+        if key is None:
+            async with rt.db.sessions() as db:
+                key = await open_key_for_upstream(db, rt.vault, resource.owner_id)
         completion = await rt.upstream.complete(request, key.reveal(), deadline)
         return RunOutcome(completion, None, _ms(started))
     except KeyUnavailable as exc:

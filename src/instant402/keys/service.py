@@ -284,7 +284,8 @@ async def has_usable_key(db: AsyncSession, user_id: int) -> bool:
     return status in KeyStatus.usable
 
 
-async def _count_decryption(db: AsyncSession, user_id: int) -> None:
+async def count_decryption(db: AsyncSession, user_id: int) -> None:
+    """Add one to today's decryption count of this creator (in the caller's transaction)."""
     dialect = db.get_bind().dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     stmt = insert(KeyDecryption).values(user_id=user_id, day=utcnow().date(), count=1)
@@ -294,12 +295,15 @@ async def _count_decryption(db: AsyncSession, user_id: int) -> None:
     await db.execute(stmt)
 
 
-async def open_key_for_upstream(db: AsyncSession, vault: Vault, user_id: int, *, commit: bool = True) -> SecretKey:
+async def open_key_for_upstream(
+    db: AsyncSession, vault: Vault, user_id: int, *, commit: bool = True, count: bool = True
+) -> SecretKey:
     """Decrypt the creator's key for one upstream call and count the decryption for today.
 
     Raises NoOpenRouterKey or UnreadableOpenRouterKey. The count is committed at once by default, so that the
     audit survives a failing call and SQLite's write lock is not held during the upstream call; pass
-    ``commit=False`` to leave it in the caller's transaction.
+    ``commit=False`` to leave it in the caller's transaction, or ``count=False`` when the caller counts it with
+    ``count_decryption`` in the transaction that records the call.
     """
     row = await _row(db, user_id)
     if row is None:
@@ -308,11 +312,10 @@ async def open_key_for_upstream(db: AsyncSession, vault: Vault, user_id: int, *,
         plaintext = vault.open(_sealed(row), owner_id=user_id)
     except VaultError as exc:
         raise UnreadableOpenRouterKey(f"The OpenRouter key of creator {user_id} cannot be decrypted: {exc}") from None
-    await _count_decryption(db, user_id)
-    if commit:
-        await db.commit()
-    else:
-        await db.flush()
+    if count:
+        await count_decryption(db, user_id)
+        if commit:
+            await db.commit()
     return SecretKey(plaintext)
 
 

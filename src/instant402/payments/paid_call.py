@@ -8,6 +8,7 @@ URL instead, and the job runner settles them the same way (execution.jobs).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -17,6 +18,7 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
 from instant402.db.base import utcnow
@@ -25,6 +27,7 @@ from instant402.execution import budgets, jobs
 from instant402.execution.limits import OverCapacity, RateLimited
 from instant402.execution.models import Job
 from instant402.execution.runner import RunOutcome, run_resource
+from instant402.keys.service import KeyUnavailable, open_key_for_upstream
 from instant402.payments.gateway import PaymentError, PaymentGateway
 from instant402.payments.models import PaymentClaim
 from instant402.resources.models import Resource
@@ -122,7 +125,9 @@ async def _record(rt: Runtime, **fields) -> UsageRecord:
 async def _claim(
     rt: Runtime, quote: Quote, payer: str, nonce: str, valid_before: int | None, verify_ms: int, job: Job | None = None
 ):
-    """Insert the attempt, its payment claim (and the job of a long run) together; None when the payment was used."""
+    """Insert the attempt, its payment claim (and the job of a long run) together, and open the creator's key in the
+    same transaction (its audit count commits with the claim). Returns (usage id, key), or None when the payment
+    was already used; the key is None for jobs, or when it cannot be opened (the run reports why)."""
     r = quote.resource
     async with rt.db.sessions() as db:
         usage = UsageRecord(
@@ -151,37 +156,50 @@ async def _claim(
                 valid_before=expires,
             )
         )
+        key = None
         if job is not None:
             job.usage_id = usage.id
             db.add(job)
+        else:
+            with contextlib.suppress(KeyUnavailable):
+                key = await open_key_for_upstream(db, rt.vault, r.owner_id, commit=False)
         try:
             await db.commit()
         except IntegrityError:
             await db.rollback()
             return None
-        return usage.id
+        return usage.id, key
+
+
+def outcome_fields(outcome: RunOutcome) -> dict[str, Any]:
+    """The usage-row columns a run fills in, success or failure."""
+    completion, fail = outcome.completion, outcome.failure
+    values: dict[str, Any] = {
+        "run_ms": outcome.run_ms,
+        "upstream_attempts": len(outcome.attempts),
+        "upstream_cost": outcome.billed_usd,
+    }
+    if completion is not None:
+        values.update(
+            model_used=completion.model_used,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+        )
+    if fail is not None:
+        values.update(
+            status=UsageStatus.failed,
+            error_category=str(fail.category),
+            error_code=fail.buyer_code,
+            error_detail=fail.creator_detail[:2000],
+            model_used=fail.model,
+        )
+    return values
 
 
 async def finish_usage(rt: Runtime, usage_id: int, outcome: RunOutcome, **fields) -> None:
+    values = {**outcome_fields(outcome), **fields, "finished_at": utcnow()}
     async with rt.db.sessions() as db:
-        row = await db.get(UsageRecord, usage_id)
-        completion, fail = outcome.completion, outcome.failure
-        row.run_ms = outcome.run_ms
-        row.upstream_attempts = len(outcome.attempts)
-        row.upstream_cost = outcome.billed_usd
-        if completion is not None:
-            row.model_used = completion.model_used
-            row.prompt_tokens = completion.prompt_tokens
-            row.completion_tokens = completion.completion_tokens
-        if fail is not None:
-            row.status = UsageStatus.failed
-            row.error_category = str(fail.category)
-            row.error_code = fail.buyer_code
-            row.error_detail = fail.creator_detail[:2000]
-            row.model_used = fail.model
-        for key, value in fields.items():
-            setattr(row, key, value)
-        row.finished_at = utcnow()
+        await db.execute(update(UsageRecord).where(UsageRecord.id == usage_id).values(**values))
         await db.commit()
 
 
@@ -306,9 +324,10 @@ async def _verified_run(
             valid_before=jobs.as_datetime(verified.valid_before),
             budget_hold_pusd=hold.pusd if hold else 0,
         )
-    usage_id = await _claim(rt, quote, verified.payer, verified.nonce, verified.valid_before, verify_ms, job)
-    if usage_id is None:
+    claimed = await _claim(rt, quote, verified.payer, verified.nonce, verified.valid_before, verify_ms, job)
+    if claimed is None:
         return _payment_required(gateway, quote, "payment_already_used", "This payment was already used.")
+    usage_id, key = claimed
     if job is not None:
         if hold is not None:
             hold.transferred = True
@@ -320,7 +339,7 @@ async def _verified_run(
     deadline = time.time() + payment_timeout_seconds(resource, rt.settings.max_timeout_seconds)
     if verified.valid_before:
         deadline = min(deadline, verified.valid_before - rt.settings.settle_margin_seconds)
-    outcome = await run_resource(rt, resource, values, deadline)
+    outcome = await run_resource(rt, resource, values, deadline, key)
     if hold is not None:
         hold.actual_usd = outcome.billed_usd
     if outcome.failure is not None:

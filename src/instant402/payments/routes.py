@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Request
+from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from instant402.accounts.auth import current_user
@@ -35,6 +36,9 @@ async def owner_test_run(
     db: AsyncSession = Depends(get_db),
 ):
     try:
-        return await run_owner_test(request.app.state.runtime, db, user, resource_id, {} if body is None else body)
+        # Plain JSON types already: skip FastAPI's generic encoder on this hot path.
+        return JSONResponse(
+            await run_owner_test(request.app.state.runtime, db, user, resource_id, {} if body is None else body)
+        )
     except OverCapacity as exc:
         raise exc.to_api_error() from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -11,7 +12,8 @@ from instant402.accounts.models import User
 from instant402.db.base import utcnow
 from instant402.errors import ApiError
 from instant402.execution.runner import run_resource
-from instant402.payments.paid_call import payment_timeout_seconds, success_body
+from instant402.keys.service import KeyUnavailable, count_decryption, open_key_for_upstream
+from instant402.payments.paid_call import outcome_fields, payment_timeout_seconds, success_body
 from instant402.resources.params import validate_input
 from instant402.resources.service import get_own
 from instant402.runtime import Runtime
@@ -25,28 +27,26 @@ async def run_owner_test(rt: Runtime, db: AsyncSession, user: User, resource_id:
         raise ApiError(409, "resource_archived", "Archived resources cannot be run.")
     values = validate_input(resource, body)
     deadline = time.time() + payment_timeout_seconds(resource, rt.settings.max_timeout_seconds)
+    # Decrypted now, counted below with the usage row: one write transaction, none held during the model call.
+    key = None
+    with contextlib.suppress(KeyUnavailable):
+        key = await open_key_for_upstream(db, rt.vault, resource.owner_id, count=False)
+    await db.commit()  # end the read transaction: SQLite cannot upgrade a stale snapshot to a write later
     async with rt.limits.upstream_slot(str(resource.owner_id)):
-        outcome = await run_resource(rt, resource, values, deadline)
+        outcome = await run_resource(rt, resource, values, deadline, key)
     fail, completion = outcome.failure, outcome.completion
-    cost = outcome.billed_usd
+    if key is not None:
+        await count_decryption(db, resource.owner_id)
+    record = {"status": UsageStatus.succeeded, **outcome_fields(outcome)}  # a failure sets its own status
     db.add(
         UsageRecord(
             resource_id=resource.id,
             owner_id=resource.owner_id,
             kind=UsageKind.test,
-            status=UsageStatus.failed if fail else UsageStatus.succeeded,
             amount_atomic=0,
             model_requested=resource.active_model_id,
-            model_used=completion.model_used if completion else fail.model,
-            prompt_tokens=completion.prompt_tokens if completion else None,
-            completion_tokens=completion.completion_tokens if completion else None,
-            upstream_cost=cost,
-            upstream_attempts=len(outcome.attempts),
-            error_category=str(fail.category) if fail else None,
-            error_code=fail.buyer_code if fail else None,
-            error_detail=fail.creator_detail[:2000] if fail else None,
-            run_ms=outcome.run_ms,
             finished_at=utcnow(),
+            **record,
         )
     )
     await db.commit()
