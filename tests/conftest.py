@@ -57,6 +57,8 @@ def settings_overrides(data_dir: Path, pg_schema: str | None) -> dict:
         "data_dir": data_dir,
         "public_url": "http://testserver",
         "log_format": "text",
+        # The ASGI test client always comes from one address: per-IP limits are tested on their own.
+        "rate_limit_ip_per_minute": 0,
         **testdb.database_overrides(data_dir, pg_schema),
     }
 

@@ -26,3 +26,13 @@ async def get_db(request: Request) -> AsyncIterator[AsyncSession]:
 
 def client_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
+
+
+async def public_rate_limit(request: Request) -> None:
+    """Per-address limit on the public API (the paid route applies its own, with the same limiter)."""
+    from instant402.execution.limits import RateLimited
+
+    try:
+        await request.app.state.runtime.limits.check_ip(client_ip(request))
+    except RateLimited as exc:
+        raise exc.to_api_error() from None

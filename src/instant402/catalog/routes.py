@@ -16,7 +16,7 @@ from instant402.catalog.models import CatalogModel, get_model
 from instant402.catalog.parse import format_decimal, price_per_million
 from instant402.catalog.search import FLAGS, ModelQuery, parse_price_filter, provider_exists, search_models
 from instant402.catalog.sync import recent_runs, sync_catalog
-from instant402.deps import get_db
+from instant402.deps import get_db, public_rate_limit
 from instant402.errors import ApiError, field_error, not_found
 
 router = APIRouter(tags=["catalog"])
@@ -83,7 +83,7 @@ def model_summary(model: CatalogModel | Row, curated: bool | None = None) -> dic
     return data
 
 
-@router.get("/api/v1/models")
+@router.get("/api/v1/models", dependencies=[Depends(public_rate_limit)])
 async def list_models(
     request: Request,
     q: str | None = Query(None, description="Words to find in the id, name or description."),
@@ -140,7 +140,7 @@ async def list_models(
     )
 
 
-@router.get("/api/v1/models/{model_id:path}")
+@router.get("/api/v1/models/{model_id:path}", dependencies=[Depends(public_rate_limit)])
 async def show_model(model_id: str, db: AsyncSession = Depends(get_db)):
     """One model, active or not, with OpenRouter's raw description of it."""
     model = await get_model(db, model_id)

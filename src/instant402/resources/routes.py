@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from instant402.accounts.auth import current_user
 from instant402.accounts.models import User
 from instant402.config import Settings
-from instant402.deps import get_db, get_settings
+from instant402.deps import get_db, get_settings, public_rate_limit
 from instant402.resources import service
 from instant402.resources.schemas import creator_view, public_view
 from instant402.resources.validation import ResourceIn, ResourcePatch
@@ -149,7 +149,7 @@ async def resume(
 # --- public API ----------------------------------------------------------------------------------------------------
 
 
-@router.get("/resources")
+@router.get("/resources", dependencies=[Depends(public_rate_limit)])
 async def search(
     q: str | None = Query(default=None, max_length=200),
     creator: str | None = Query(default=None, max_length=64),
@@ -185,7 +185,7 @@ async def search(
     }
 
 
-@router.get("/resources/{creator}/{slug}")
+@router.get("/resources/{creator}/{slug}", dependencies=[Depends(public_rate_limit)])
 async def detail(
     creator: str, slug: str, db: AsyncSession = Depends(get_db), settings: Settings = Depends(get_settings)
 ):
