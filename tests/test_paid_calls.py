@@ -292,3 +292,23 @@ async def test_debug_logs_hold_no_key_and_no_system_prompt(market, catalog, buye
     assert "DEBUG" in text  # the capture worked
     assert seller.openrouter_key not in text
     assert canary_prompt not in text
+
+
+async def test_a_failing_record_after_settlement_still_delivers(market, catalog, buyer, monkeypatch):
+    from instant402.payments import paid_call
+
+    real = paid_call.finish_usage
+
+    async def broken(rt, usage_id, outcome, **fields):
+        if fields.get("status") == "succeeded":
+            raise RuntimeError("database went away")
+        return await real(rt, usage_id, outcome, **fields)
+
+    monkeypatch.setattr(paid_call, "finish_usage", broken)
+    seller = market.seller()
+    res = market.publish(seller)
+    before = market.devnet.balance_of(buyer.address)
+    result = await pay_url(buyer_client(market, buyer), res["url"], json={"topic": "bookkeeping"})
+    assert result.response.status_code == 200, result.response.text
+    assert result.response.json()["output"]["text"]
+    assert market.devnet.balance_of(buyer.address) == before - 10_000

@@ -363,9 +363,19 @@ async def _verified_run(
             settle_ms=settle_ms,
         )
         return _payment_required(gateway, quote, settled.reason, "The payment could not be settled; no result.")
-    await finish_usage(
-        rt, usage_id, outcome, status=UsageStatus.succeeded, transaction_hash=settled.transaction, settle_ms=settle_ms
-    )
+    try:
+        await finish_usage(
+            rt,
+            usage_id,
+            outcome,
+            status=UsageStatus.succeeded,
+            transaction_hash=settled.transaction,
+            settle_ms=settle_ms,
+        )
+    except Exception:
+        # The buyer has paid: a failing bookkeeping write must not cost them the result. The row stays "running",
+        # with the claim, for the creator to see.
+        log.exception("recording settled call %s failed (transaction %s)", usage_id, settled.transaction)
     receipt = {
         "transaction": settled.transaction,
         "network": settled.network,
