@@ -156,11 +156,16 @@ async def _claim(
                 valid_before=expires,
             )
         )
-        key = None
         if job is not None:
             job.usage_id = usage.id
             db.add(job)
-        else:
+        try:
+            await db.flush()  # the claim's unique key refuses a replay here (PostgreSQL waits for the first)
+        except IntegrityError:
+            await db.rollback()
+            return None
+        key = None
+        if job is None:
             with contextlib.suppress(KeyUnavailable):
                 key = await open_key_for_upstream(db, rt.vault, r.owner_id, commit=False)
         try:
