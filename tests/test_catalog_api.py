@@ -151,6 +151,28 @@ async def test_sorting(client, synced):
     assert [(m["name"], m["id"]) for m in rest] == sorted((m["name"], m["id"]) for m in rest)
 
 
+async def test_text_search_pages_curated_first_then_by_name(client, synced):
+    # Small pages, so the step from curated to other matches falls inside a page; with filters as well.
+    for params in ({"q": "gpt"}, {"q": "gpt", "tools": "true"}, {"q": "o", "provider": "openai", "sort": "context"}):
+        expected = await fetch_all(client, **params)
+        assert expected, params
+        paged, page = [], 1
+        while True:
+            body = (await client.get("/api/v1/models", params={**params, "page": page, "per_page": 3})).json()
+            assert body["total"] == len(expected), params
+            paged += body["data"]
+            if page >= body["pages"]:
+                break
+            page += 1
+        assert [m["id"] for m in paged] == [m["id"] for m in expected], params
+    matches = await fetch_all(client, q="gpt")
+    text = {i: f"{m['id']}\n{m['name']}\n{m['description']}".lower() for i, m in BY_ID.items()}
+    curated = [i for i in default_curated_ids() if "gpt" in text.get(i, "")]
+    assert curated and [m["id"] for m in matches[: len(curated)]] == curated
+    rest = matches[len(curated) :]
+    assert [(m["name"], m["id"]) for m in rest] == sorted((m["name"], m["id"]) for m in rest)
+
+
 async def test_pagination(client, synced):
     r = await client.get("/api/v1/models", params={"per_page": 7, "page": 3, "sort": "name"})
     body = r.json()
@@ -192,6 +214,7 @@ async def test_model_detail_and_exact_prices(client, synced):
         ({"input_modality": "smell"}, "input_modality"),
         ({"sort": "random"}, "sort"),
         ({"provider": "nobody-at-all"}, "provider"),
+        ({"provider": "o'brien"}, "provider"),  # a quote is data, never SQL
         ({"max_prompt_price": "-1"}, "max_prompt_price"),
         ({"max_completion_price": "cheap"}, "max_completion_price"),
         ({"max_prompt_price": "NaN"}, "max_prompt_price"),

@@ -24,6 +24,20 @@ __all__ = [
 ]
 
 
+_FILTER_COLUMNS = (
+    "is_active",
+    "provider",
+    "modality",
+    "context_length",
+    "supports_vision",
+    "supports_tools",
+    "supports_structured_output",
+    "supports_reasoning",
+    "is_free",
+    "produces_image",
+)
+
+
 class CatalogModel(Base):
     """One OpenRouter model as last seen by a sync. Never deleted: resources point at it."""
 
@@ -39,13 +53,25 @@ class CatalogModel(Base):
             postgresql_ops={"search_text": "public.gin_trgm_ops"},
             sqlite_where=text("0"),
         ),
+        # A provider's models in name order: names start with the provider's name, so walking the name index alone
+        # would pass every model of the providers before it.
+        Index("ix_models_provider_name", "provider", "name", "id"),
+        # Counting matches of the common filters reads only this index (a covering index), never the wide rows.
+        Index("ix_models_filter_count", *_FILTER_COLUMNS),
+        # The same for price filters; a price sort also walks these in full order (many models share a price, the
+        # free ones above all) and stops after one page.
+        Index("ix_models_active_prompt_price", "is_active", "prompt_price_micro", "name", "id"),
+        Index("ix_models_active_completion_price", "is_active", "completion_price_micro", "name", "id"),
+        # SQLite's narrow copy of search_text: a text search tests this index instead of every whole row.
+        # PostgreSQL finds text in the trigram index, so there this index is declared empty (WHERE false).
+        Index("ix_models_active_search_text", "is_active", "search_text", postgresql_where=text("false")),
     )
 
     id: Mapped[str] = mapped_column(String(255), primary_key=True)  # OpenRouter id, may hold "/" and ":"
     canonical_slug: Mapped[str | None] = mapped_column(String(255))
     name: Mapped[str] = mapped_column(String(255), index=True)
     description: Mapped[str] = mapped_column(Text, default="")
-    provider: Mapped[str] = mapped_column(String(100), index=True)  # id prefix, e.g. "openai"
+    provider: Mapped[str] = mapped_column(String(100))  # id prefix, e.g. "openai"; indexed with the name below
     provider_name: Mapped[str] = mapped_column(String(100))  # display name, e.g. "OpenAI"
     modality: Mapped[str] = mapped_column(String(16), index=True)  # text|image|audio|video|embedding|multimodal
     input_modalities: Mapped[list[str]] = mapped_column(JSON, default=list)

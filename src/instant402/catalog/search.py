@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
-from sqlalchemy import Text, cast, func, select, true
+from sqlalchemy import Text, bindparam, cast, func, literal_column, select, true
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -114,14 +114,22 @@ def _terms(query: ModelQuery) -> list[str]:
     return (query.q or "").lower().split()
 
 
+def _text_conditions(query: ModelQuery) -> list:
+    return [CatalogModel.search_text.like(f"%{_escape_like(term)}%", escape="\\") for term in _terms(query)]
+
+
 def _filtered(query: ModelQuery) -> list:
+    """Every condition but the text terms (see _text_conditions)."""
     conditions = []
     if not query.include_inactive:
         conditions.append(CatalogModel.is_active == true())  # '=' so PostgreSQL uses the index
+    # Provider and modality are written into the SQL, not sent as parameters: their counts differ widely (one
+    # provider holds a fifth of the catalog), and PostgreSQL's generic plan for a prepared statement, which cannot
+    # see the value, then walks the wrong index. Rendered by SQLAlchemy as escaped literals.
     if query.modality:
-        conditions.append(CatalogModel.modality == query.modality)
+        conditions.append(CatalogModel.modality == bindparam(None, query.modality, literal_execute=True))
     if query.provider:
-        conditions.append(CatalogModel.provider == query.provider.lower())
+        conditions.append(CatalogModel.provider == bindparam(None, query.provider.lower(), literal_execute=True))
     for name, wanted in (query.flags or {}).items():
         conditions.append(FLAGS[name] == wanted)
     if query.max_prompt_price is not None:
@@ -133,10 +141,6 @@ def _filtered(query: ModelQuery) -> list:
     if query.input_modality:
         # A JSON list's text holds each element quoted; the value is one of a fixed set, so no escaping is needed.
         conditions.append(cast(CatalogModel.input_modalities, Text).like(f'%"{query.input_modality}"%'))
-    # Text last: SQLite tests conditions in order, so cheap filters spare most rows the substring scan.
-    # PostgreSQL answers these from the trigram index on search_text.
-    for term in _terms(query):
-        conditions.append(CatalogModel.search_text.like(f"%{_escape_like(term)}%", escape="\\"))
     return conditions
 
 
@@ -158,63 +162,103 @@ LIST_COLUMNS = [
 ]
 
 
+_ROWID = literal_column("rowid")
+
+
+def _text_matches(db: AsyncSession, query: ModelQuery, filters: list, text_conditions: list) -> list:
+    """Conditions for a text search, shaped so each database tests the substrings on narrow data.
+
+    PostgreSQL finds them in the trigram index. SQLite has none: there the substring test runs over the narrow
+    (is_active, search_text) index in a subquery, and only its matches are looked up for the other filters.
+    """
+    if db.get_bind().dialect.name != "sqlite":
+        return [*filters, *text_conditions]
+    active = [] if query.include_inactive else [CatalogModel.is_active == true()]
+    narrow = select(_ROWID).select_from(CatalogModel).where(*active, *text_conditions)
+    return [*filters, _ROWID.in_(narrow)]
+
+
 async def _count(db: AsyncSession, conditions: list) -> int:
     return (await db.execute(select(func.count()).select_from(CatalogModel).where(*conditions))).scalar_one()
 
 
-async def _page(db: AsyncSession, conditions: list, order, offset: int, limit: int, one_pass: bool, exclude=()):
-    """Rows ``offset`` to ``offset + limit`` of the matches in ``order`` leaving out the ids in ``exclude`` (which
-    the caller knows match), and how many match in all, ``exclude`` included.
+async def _ordered_ids(db: AsyncSession, conditions: list, order) -> list[str]:
+    return list((await db.execute(select(CatalogModel.id).where(*conditions).order_by(*order))).scalars())
 
-    ``one_pass`` counts in the same query (a window count): for text searches, where reading every row is the cost,
-    so it is paid once. Otherwise the count and the page are separate, each answered from indexes.
+
+async def _rows(db: AsyncSession, ids: list[str]) -> list[Row]:
+    """The listing rows of ``ids``, in that order; looked up by primary key."""
+    if not ids:
+        return []
+    found = {row.id: row for row in (await db.execute(select(*LIST_COLUMNS).where(CatalogModel.id.in_(ids)))).all()}
+    return [found[i] for i in ids]
+
+
+async def _page(db: AsyncSession, conditions: list, order, offset: int, limit: int, exclude=()) -> list[Row]:
+    """Rows ``offset`` to ``offset + limit`` of the matches in ``order``, leaving out the ids in ``exclude``.
+
+    With a LIMIT the database walks the order's index and stops after one page.
     """
     if limit <= 0:
-        return [], await _count(db, conditions)
+        return []
     page_conditions = [*conditions, CatalogModel.id.not_in(list(exclude))] if exclude else conditions
-    columns = [*LIST_COLUMNS, func.count().over().label("match_count")] if one_pass else LIST_COLUMNS
-    statement = select(*columns).where(*page_conditions).order_by(*order).limit(limit).offset(offset)
-    rows = list((await db.execute(statement)).all())
-    if one_pass and rows:
-        return rows, rows[0].match_count + len(exclude)
-    return rows, await _count(db, conditions)
-
-
-async def _curated_first(db: AsyncSession, conditions: list, offset: int, limit: int, one_pass: bool):
-    """The curated matches (a short list) in list order, then every other match by name."""
-    positions = dict((await db.execute(select(CuratedModel.model_id, CuratedModel.position))).all())
-    curated = []
-    if positions:
-        # Looked up by primary key, ordered here: the planner never has to weigh a join against the whole catalog.
-        statement = select(*LIST_COLUMNS).where(*conditions, CatalogModel.id.in_(list(positions)))
-        curated = sorted((await db.execute(statement)).all(), key=lambda r: (positions[r.id], r.name, r.id))
-    head = curated[offset : offset + limit]
-    curated_ids = {row.id for row in curated}
-    rest_offset = max(0, offset - len(curated))
-    rest, total = await _page(db, conditions, _NAME_ORDER, rest_offset, limit - len(head), one_pass, curated_ids)
-    return head + rest, total, curated_ids
+    statement = select(*LIST_COLUMNS).where(*page_conditions).order_by(*order).limit(limit).offset(offset)
+    return list((await db.execute(statement)).all())
 
 
 async def search_models(db: AsyncSession, query: ModelQuery) -> ModelPage:
-    """One page of matching models plus the total count; 422 when the page is past the end."""
+    """One page of matching models plus the total count; 422 when the page is past the end.
+
+    A text search has to test every row's text anyway, so it lists all matching ids in order at once (narrow rows)
+    and counts and pages from that list. Other searches count from indexes and fetch one page with a LIMIT.
+    """
     validate(query)
-    conditions = _filtered(query)
-    offset = (query.page - 1) * query.per_page
-    one_pass = bool(_terms(query))
-    if query.sort == "curated":
-        models, total, curated = await _curated_first(db, conditions, offset, query.per_page, one_pass)
+    filters, text_conditions = _filtered(query), _text_conditions(query)
+    # Text last: SQLite tests conditions in order, so cheap filters spare most rows the substring test.
+    conditions = [*filters, *text_conditions]
+    order = _NAME_ORDER if query.sort == "curated" else _ORDERS[query.sort]
+    ids = None
+    if text_conditions:
+        ids = await _ordered_ids(db, _text_matches(db, query, filters, text_conditions), order)
+        total = len(ids)
     else:
-        models, total = await _page(db, conditions, _ORDERS[query.sort], offset, query.per_page, one_pass)
+        total = await _count(db, conditions)
+    pages = max(1, math.ceil(total / query.per_page))
+    if query.page > pages:
+        raise field_error("page", f"Page out of range: there are {pages} page(s) of results.")
+    offset, limit = (query.page - 1) * query.per_page, query.per_page
+    if query.sort != "curated":
+        if ids is not None:
+            models = await _rows(db, ids[offset : offset + limit])
+        else:
+            models = await _page(db, conditions, order, offset, limit)
         curated = set()
         if models:
             result = await db.execute(
                 select(CuratedModel.model_id).where(CuratedModel.model_id.in_([m.id for m in models]))
             )
             curated = set(result.scalars())
-    pages = max(1, math.ceil(total / query.per_page))
-    if query.page > pages:
-        raise field_error("page", f"Page out of range: there are {pages} page(s) of results.")
-    return ModelPage(models=models, curated=curated, total=total, page=query.page, per_page=query.per_page)
+        return ModelPage(models=models, curated=curated, total=total, page=query.page, per_page=query.per_page)
+
+    # The curated matches (a short list) in list order, then every other match by name.
+    positions = dict((await db.execute(select(CuratedModel.model_id, CuratedModel.position))).all())
+    curated_rows = []
+    if positions and ids is not None:
+        curated_rows = await _rows(db, [i for i in ids if i in positions])
+    elif positions:
+        # Looked up by primary key, ordered here: the planner never has to weigh a join against the whole catalog.
+        statement = select(*LIST_COLUMNS).where(*conditions, CatalogModel.id.in_(list(positions)))
+        curated_rows = list((await db.execute(statement)).all())
+    curated_rows.sort(key=lambda r: (positions[r.id], r.name, r.id))
+    head = curated_rows[offset : offset + limit]
+    curated = {row.id for row in curated_rows}
+    rest_offset, rest_limit = max(0, offset - len(curated_rows)), limit - len(head)
+    if ids is not None:
+        rest_ids = [i for i in ids if i not in curated][rest_offset : rest_offset + max(0, rest_limit)]
+        rest = await _rows(db, rest_ids)
+    else:
+        rest = await _page(db, conditions, _NAME_ORDER, rest_offset, rest_limit, curated)
+    return ModelPage(models=head + rest, curated=curated, total=total, page=query.page, per_page=query.per_page)
 
 
 async def provider_exists(db: AsyncSession, provider: str) -> bool:

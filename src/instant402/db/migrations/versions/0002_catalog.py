@@ -16,13 +16,25 @@ depends_on = None
 
 _MODEL_INDEXES = [
     "name",
-    "provider",
     "modality",
     "context_length",
     "prompt_price_micro",
     "completion_price_micro",
     "created",
     "is_active",
+]
+# A covering index for counting matches of the common filters.
+_FILTER_COUNT_COLUMNS = [
+    "is_active",
+    "provider",
+    "modality",
+    "context_length",
+    "supports_vision",
+    "supports_tools",
+    "supports_structured_output",
+    "supports_reasoning",
+    "is_free",
+    "produces_image",
 ]
 
 
@@ -81,6 +93,17 @@ def upgrade() -> None:
         postgresql_ops={"search_text": "public.gin_trgm_ops"},
         sqlite_where=sa.text("0"),  # SQLite has no trigram index: an empty one keeps the schemas alike
     )
+    op.create_index(op.f("ix_models_provider_name"), "models", ["provider", "name", "id"])
+    op.create_index(op.f("ix_models_filter_count"), "models", _FILTER_COUNT_COLUMNS)
+    for price in ("prompt", "completion"):
+        columns = ["is_active", f"{price}_price_micro", "name", "id"]
+        op.create_index(op.f(f"ix_models_active_{price}_price"), "models", columns)
+    op.create_index(
+        op.f("ix_models_active_search_text"),
+        "models",
+        ["is_active", "search_text"],
+        postgresql_where=sa.text("false"),  # SQLite only: PostgreSQL counts text matches from the trigram index
+    )
     op.create_table(
         "model_raw",
         sa.Column("id", sa.String(255), nullable=False),
@@ -130,6 +153,14 @@ def downgrade() -> None:
     op.drop_table("catalog_sync_runs")
     op.drop_table("catalog_curated")
     op.drop_table("model_raw")
+    for name in (
+        "ix_models_active_search_text",
+        "ix_models_active_completion_price",
+        "ix_models_active_prompt_price",
+        "ix_models_filter_count",
+        "ix_models_provider_name",
+    ):
+        op.drop_index(op.f(name), table_name="models")
     op.drop_index(op.f("ix_models_search_text_trgm"), table_name="models")  # pg_trgm stays: other schemas may use it
     for column in reversed(_MODEL_INDEXES):
         op.drop_index(op.f(f"ix_models_{column}"), table_name="models")
