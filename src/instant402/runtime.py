@@ -26,6 +26,7 @@ class Runtime:
         self.media = self.upstream.media
         self.limits: Limits = create_limits(settings)
         self.gateway = PaymentGateway.from_settings(settings, facilitator)
+        self.quotes: dict[tuple, tuple] = {}  # paid_call's 402 quotes, per resource version
         self._gateway_started = False
         self._gateway_lock: asyncio.Lock | None = None
         self.creator_limits = LimitsCache(settings.creator_limits_cache_seconds)

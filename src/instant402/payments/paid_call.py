@@ -93,16 +93,27 @@ def _paused(resource: Resource) -> ApiError:
     return ApiError(503, "resource_paused", message, {"charged": False}, headers=headers)
 
 
+# Requirements and the discovery extension depend only on the resource's definition and payee: built once per
+# version and kept per process (the SDK's model building and schema work are the bulk of a 402's cost).
+_QUOTES_LIMIT = 4096
+
+
 def _quote(rt: Runtime, gateway: PaymentGateway, resource: Resource) -> Quote:
     pay_to = resource.pay_to or resource.owner.payout_address
     if not pay_to:
         raise ApiError(503, "resource_unavailable", _DEFAULT_PAUSE_MESSAGE, {"charged": False})
-    timeout = payment_timeout_seconds(resource, rt.settings.max_timeout_seconds)
-    url = endpoint_url(rt.settings.public_url, resource.owner.username, resource.slug)
-    requirements = gateway.requirements(resource.price_atomic, pay_to, timeout)
-    output = output_description(resource)
-    extensions = gateway.bazaar_extension(input_schema(resource), {"schema": output.get("schema") or output})
-    return Quote(resource, url, requirements, extensions)
+    key = (resource.id, resource.version, resource.created_at, resource.owner.username, pay_to)
+    cached = rt.quotes.get(key)
+    if cached is None:
+        timeout = payment_timeout_seconds(resource, rt.settings.max_timeout_seconds)
+        url = endpoint_url(rt.settings.public_url, resource.owner.username, resource.slug)
+        requirements = gateway.requirements(resource.price_atomic, pay_to, timeout)
+        output = output_description(resource)
+        extensions = gateway.bazaar_extension(input_schema(resource), {"schema": output.get("schema") or output})
+        if len(rt.quotes) >= _QUOTES_LIMIT:
+            rt.quotes.clear()
+        cached = rt.quotes[key] = (url, requirements, extensions)
+    return Quote(resource, *cached)
 
 
 def _payment_required(gateway: PaymentGateway, quote: Quote, reason: str | None, message: str) -> JSONResponse:
