@@ -2,9 +2,8 @@
 
 Both routes run in this process under uvicorn (background threads) with the in-process SDK facilitator and the
 py-evm devnet; buyers pay with the SDK client; the OpenRouter emulator runs in its own process. instant402's
-route also resolves the resource in SQLite, validates
-the input, claims the payment, calls the OpenRouter emulator (its own uvicorn thread) through the openai SDK and
-writes the usage row. Reported (not asserted):
+route also resolves the resource in SQLite, validates the input, claims the payment, calls the emulator through
+the openai SDK and writes the usage row. Reported (not asserted):
 - whole paid call median / p95 (sequential) for both routes and their ratio (target <= 1.3x);
 - paid calls per second at concurrency 8 (target >= 0.8x the SDK route);
 - CPU per paid call in instant402's own code (yappi self time in src/instant402, emulator and devnet excluded),
