@@ -23,9 +23,19 @@ async def test_readyz_fails_when_database_is_down(settings, tmp_path):
 
 
 async def test_openapi_docs(client):
-    assert (await client.get("/docs")).status_code == 200
+    import re
+
     spec = (await client.get("/openapi.json")).json()
     assert "/api/v1/auth/signup" in spec["paths"]
+    for page in ("/docs", "/redoc"):
+        html = (await client.get(page)).text
+        assets = re.findall(r'(?:src|href|url)\s*[:=]\s*["\']([^"\']+)', html)
+        assert assets, page
+        # Offline: every script and stylesheet comes from this server.
+        assert all(not a.startswith(("http:", "https:", "//")) for a in assets), (page, assets)
+        for asset in assets:
+            if asset.endswith((".js", ".css")):
+                assert (await client.get(asset)).status_code == 200, asset
 
 
 async def test_unknown_path_uses_error_shape(client):

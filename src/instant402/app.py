@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from instant402 import __version__
 from instant402.accounts.routes import router as accounts_router
@@ -43,7 +44,8 @@ def create_app(settings: Settings | None = None, *, facilitator: Any = None) -> 
         await app.state.runtime.aclose()
         await app.state.db.dispose()
 
-    app = FastAPI(
+    # The docs pages serve Swagger UI and ReDoc from the package itself: no page loads anything from another host.
+    app = FastAPIOffline(
         title="instant402",
         version=__version__,
         description="Pay-per-call AI resources: OpenRouter models behind x402 payments.",
