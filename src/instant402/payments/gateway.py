@@ -210,6 +210,11 @@ class PaymentGateway:
         pr = self.payment_required(resource_url, description, mime_type, requirements, extensions, error)
         return pr.model_dump(mode="json", by_alias=True, exclude_none=True)
 
+    def payment_required_answer(self, *args: Any) -> tuple[str, dict[str, Any]]:
+        """Header value and JSON body of one 402, from a single PaymentRequired (same arguments as above)."""
+        pr = self.payment_required(*args)
+        return encode_payment_required_header(pr), pr.model_dump(mode="json", by_alias=True, exclude_none=True)
+
     @staticmethod
     def bazaar_extension(
         input_schema: dict[str, Any],

@@ -119,8 +119,8 @@ def _quote(rt: Runtime, gateway: PaymentGateway, resource: Resource) -> Quote:
 def _payment_required(gateway: PaymentGateway, quote: Quote, reason: str | None, message: str) -> JSONResponse:
     r = quote.resource
     args = (quote.url, r.description or r.name, "application/json", quote.requirements, quote.extensions, reason)
-    header = gateway.payment_required_header(*args)
-    details = {"x402": gateway.payment_required_body(*args), "charged": False}
+    header, body = gateway.payment_required_answer(*args)
+    details = {"x402": body, "charged": False}
     code = "payment_required" if reason is None else "payment_invalid"
     return JSONResponse(error_body(code, message, details), status_code=402, headers={"PAYMENT-REQUIRED": header})
 
