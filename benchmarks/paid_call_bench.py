@@ -8,13 +8,14 @@ the openai SDK and writes the usage row. Reported (not asserted):
 - paid calls per second at concurrency 8 (target >= 0.8x the SDK route);
 - CPU per paid call in instant402's own code (yappi self time in src/instant402, emulator and devnet excluded),
   and where the rest of the CPU goes.
-Run: ``.venv/bin/python benchmarks/paid_call_bench.py [--calls 60] [--concurrency 8]``
+Run: ``.venv/bin/python benchmarks/paid_call_bench.py [--calls 60] [--concurrency 8] [--postgres URL]``
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import statistics
 import sys
 import tempfile
@@ -24,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.support
 
+import asyncpg
 import yappi
 from benchmarks.upstream_overhead import start_emulator
 from tests.support.emulator import EmulatorHandle
@@ -96,7 +98,7 @@ def own_code_cpu(calls: int) -> None:
         print(f"  {name:<40} {seconds / calls * 1000:7.2f} ms")
 
 
-async def run(calls: int, concurrency: int) -> None:
+async def run(calls: int, concurrency: int, postgres_url: str | None) -> None:
     devnet = Devnet.start(buyers=concurrency)
     facilitator = build_facilitator(devnet)
     allow = [{"network": devnet.network, "asset": devnet.token}]
@@ -110,7 +112,7 @@ async def run(calls: int, concurrency: int) -> None:
         with serve_in_thread(sdk_middleware_app(devnet, facilitator, payee.address, PRICE)) as url:
             # The chain grows as it runs: measure the SDK route before and after ours and compare with the mean.
             before = await measure("SDK middleware route", clients, f"{url}/paid", {"q": "hi"}, calls, concurrency)
-            ours = await measure_ours(clients, devnet, facilitator, emulator, calls, concurrency)
+            ours = await measure_ours(clients, devnet, facilitator, emulator, calls, concurrency, postgres_url)
             after = await measure("SDK middleware (again)", clients, f"{url}/paid", {"q": "hi"}, calls, concurrency)
     finally:
         emulator.close()
@@ -122,9 +124,13 @@ async def run(calls: int, concurrency: int) -> None:
     own_code_cpu(calls)
 
 
-async def measure_ours(clients, devnet, facilitator, emulator, calls, concurrency) -> dict:
+async def measure_ours(clients, devnet, facilitator, emulator, calls, concurrency, postgres_url) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         base_settings = {"mode": Mode.test, "data_dir": Path(tmp), "log_level": "WARNING", "log_format": "text"}
+        if postgres_url:
+            schema = f"bench_{secrets.token_hex(4)}"
+            await _pg(postgres_url, f'CREATE SCHEMA "{schema}"')
+            base_settings |= {"database_url": postgres_url, "database_schema": schema}
         db = Database(Settings(**base_settings))
         await upgrade(db.engine)
         await sync_catalog(db, emulator.base_url)
@@ -138,15 +144,26 @@ async def measure_ours(clients, devnet, facilitator, emulator, calls, concurrenc
             for _ in range(calls):
                 await one(clients[0], res["url"], {"topic": "sea"})
             yappi.stop()
+        if postgres_url:
+            await _pg(postgres_url, f'DROP SCHEMA "{schema}" CASCADE')
     return ours
+
+
+async def _pg(url: str, statement: str) -> None:
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=60)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--postgres", metavar="URL", help="store in PostgreSQL (a scratch schema) instead of SQLite")
     args = parser.parse_args()
-    asyncio.run(run(args.calls, args.concurrency))
+    asyncio.run(run(args.calls, args.concurrency, args.postgres))
 
 
 if __name__ == "__main__":
