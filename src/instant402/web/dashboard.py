@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from instant402.accounts.models import User
 from instant402.deps import get_db
+from instant402.execution import notify
 from instant402.keys import service as keys
 from instant402.resources import service as resources
 from instant402.usage import service as usage
@@ -46,6 +47,9 @@ async def alerts_for(db: AsyncSession, user: User, own: list, today: date | None
         )
     if not user.payout_address:
         found.append(Alert("warn", "No payout address: you cannot publish yet.", "/settings", "Set it"))
+    # Notices the system left (cost cap refusals, budget pauses, key trouble), newest first.
+    for notice in await notify.list_notifications(db, user.id, unread_only=True, limit=5):
+        found.append(Alert("warn", f"{notice.message} ({notice.created_at:%Y-%m-%d %H:%M} UTC)"))
     for r in own:
         if r.status == "paused":
             reason = r.paused_reason or "paused"
