@@ -6,10 +6,11 @@ import json
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
 from instant402.accounts.models import User
 from instant402.catalog.curation import default_curated_ids
+from instant402.catalog.models import CatalogModel, CatalogModelRaw
 from instant402.catalog.sync import sync_catalog
 from tests.conftest import OPENROUTER_DATA
 from tests.support.emulator import running_emulator
@@ -344,3 +345,21 @@ async def test_text_query_with_other_sorts_counts_and_orders(client, synced):
     contexts = [m["context_length"] for m in by_context]
     known_contexts = [c for c in contexts if c is not None]
     assert known_contexts == sorted(known_contexts, reverse=True) and contexts[: len(known_contexts)] == known_contexts
+
+
+async def test_text_search_follows_every_change_of_the_text(client, database, synced):
+    """SQLite finds text from an index the database keeps current on every write; PostgreSQL from its own."""
+    claude = {m["id"] for m in RAW if "claude" in f"{m['id']}\n{m['name']}\n{m['description']}".lower()}
+    renamed = sorted(claude)[0]
+    async with database.session() as s:
+        await s.execute(
+            update(CatalogModel).where(CatalogModel.id == renamed).values(search_text="zebra-quokka renamed")
+        )
+        gone = sorted(claude)[1]
+        await s.execute(delete(CatalogModelRaw).where(CatalogModelRaw.id == gone))
+        await s.execute(delete(CatalogModel).where(CatalogModel.id == gone))
+        await s.commit()
+    assert ids(await fetch_all(client, q="claude")) == claude - {renamed, gone}
+    assert ids(await fetch_all(client, q="quokka")) == {renamed}
+    assert ids(await fetch_all(client, q="zebra-quokka re")) == {renamed}  # a short term with a long one
+    assert ids(await fetch_all(client, q='quokka"')) == set()  # quotes are plain text

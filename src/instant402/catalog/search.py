@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
-from sqlalchemy import Text, bindparam, cast, func, literal_column, select, true
+from sqlalchemy import Integer, Text, bindparam, cast, column, func, literal_column, select, text, true
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -163,16 +163,27 @@ LIST_COLUMNS = [
 
 
 _ROWID = literal_column("rowid")
+_TRIGRAM = 3  # the shortest term a trigram index can find
 
 
 def _text_matches(db: AsyncSession, query: ModelQuery, filters: list, text_conditions: list) -> list:
     """Conditions for a text search, shaped so each database tests the substrings on narrow data.
 
-    PostgreSQL finds them in the trigram index. SQLite has none: there the substring test runs over the narrow
-    (is_active, search_text) index in a subquery, and only its matches are looked up for the other filters.
+    PostgreSQL finds them in the trigram index. SQLite takes the candidates from its FTS5 trigram table
+    (models_search, see the 0002 migration) and tests the LIKE conditions again on those rows only, so the
+    results are exactly those of LIKE. Terms under three characters have no trigram: when every term is that short,
+    the substring test runs over the narrow (is_active, search_text) index in a subquery, and only its matches are
+    looked up for the other filters.
     """
     if db.get_bind().dialect.name != "sqlite":
         return [*filters, *text_conditions]
+    long_terms = [term for term in _terms(query) if len(term) >= _TRIGRAM]
+    if long_terms:
+        # Each term as an FTS5 string (double quotes doubled); terms side by side must all match.
+        match = " ".join('"' + term.replace('"', '""') + '"' for term in long_terms)
+        candidates = text("SELECT rowid FROM models_search WHERE models_search MATCH :match").bindparams(match=match)
+        candidates = candidates.columns(column("rowid", Integer))
+        return [*filters, _ROWID.in_(candidates), *text_conditions]
     active = [] if query.include_inactive else [CatalogModel.is_active == true()]
     narrow = select(_ROWID).select_from(CatalogModel).where(*active, *text_conditions)
     return [*filters, _ROWID.in_(narrow)]

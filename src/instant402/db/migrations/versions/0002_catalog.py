@@ -38,6 +38,23 @@ _FILTER_COUNT_COLUMNS = [
 ]
 
 
+# SQLite's text index: an FTS5 table of search_text trigrams (finds substrings of 3+ characters, case-folded, like
+# pg_trgm on PostgreSQL). It keeps no copy of the text (content='models'), its rowids are the models' rowids, and the
+# triggers below keep it current on every write to models, whoever writes.
+_SQLITE_SEARCH_DDL = [
+    "CREATE VIRTUAL TABLE models_search USING fts5(search_text, content='models', content_rowid='rowid', "
+    "tokenize='trigram')",
+    "CREATE TRIGGER models_search_insert AFTER INSERT ON models BEGIN "
+    "INSERT INTO models_search(rowid, search_text) VALUES (new.rowid, new.search_text); END",
+    "CREATE TRIGGER models_search_delete AFTER DELETE ON models BEGIN "
+    "INSERT INTO models_search(models_search, rowid, search_text) VALUES ('delete', old.rowid, old.search_text); END",
+    "CREATE TRIGGER models_search_update AFTER UPDATE OF search_text ON models "
+    "WHEN old.search_text IS NOT new.search_text BEGIN "
+    "INSERT INTO models_search(models_search, rowid, search_text) VALUES ('delete', old.rowid, old.search_text); "
+    "INSERT INTO models_search(rowid, search_text) VALUES (new.rowid, new.search_text); END",
+]
+
+
 def upgrade() -> None:
     op.create_table(
         "models",
@@ -104,6 +121,9 @@ def upgrade() -> None:
         ["is_active", "search_text"],
         postgresql_where=sa.text("false"),  # SQLite only: PostgreSQL counts text matches from the trigram index
     )
+    if op.get_bind().dialect.name == "sqlite":
+        for statement in _SQLITE_SEARCH_DDL:
+            op.execute(statement)
     op.create_table(
         "model_raw",
         sa.Column("id", sa.String(255), nullable=False),
@@ -153,6 +173,8 @@ def downgrade() -> None:
     op.drop_table("catalog_sync_runs")
     op.drop_table("catalog_curated")
     op.drop_table("model_raw")
+    if op.get_bind().dialect.name == "sqlite":
+        op.execute("DROP TABLE models_search")  # its triggers go with the models table below
     for name in (
         "ix_models_active_search_text",
         "ix_models_active_completion_price",
