@@ -59,6 +59,8 @@ def settings_overrides(data_dir: Path, pg_schema: str | None) -> dict:
         "log_format": "text",
         # The ASGI test client always comes from one address: per-IP limits are tested on their own.
         "rate_limit_ip_per_minute": 0,
+        # Long enough that a slow machine still sees the lock-out the back-off tests expect.
+        "login_first_lockout_seconds": 60,
         **testdb.database_overrides(data_dir, pg_schema),
     }
 

@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     session_days: int = 14
     cookie_secure: bool | None = None  # None: Secure exactly when public_url is https
     login_free_failures: int = 5
+    login_first_lockout_seconds: int = 1  # the first back-off; it doubles with each further failure
     login_max_lockout_seconds: int = 900
 
     # Logging.

@@ -111,7 +111,7 @@ def _lockout(settings: Settings, failures: int) -> timedelta | None:
     over = failures - settings.login_free_failures
     if over < 0:
         return None
-    return timedelta(seconds=min(2**over, settings.login_max_lockout_seconds))
+    return timedelta(seconds=min(settings.login_first_lockout_seconds * 2**over, settings.login_max_lockout_seconds))
 
 
 async def _throttle_wait(db: AsyncSession, keys: list[str], now: datetime) -> int:
