@@ -184,7 +184,7 @@ class PaymentGateway:
             extensions=extensions or None,
         )
 
-    def payment_required_header(
+    def payment_required_answer(
         self,
         resource_url: str,
         description: str,
@@ -192,28 +192,17 @@ class PaymentGateway:
         requirements: PaymentRequirements,
         extensions: dict[str, Any] | None = None,
         error: str | None = None,
-    ) -> str:
-        """Base64 ``PAYMENT-REQUIRED`` header value (x402 v2)."""
+    ) -> tuple[str, dict[str, Any]]:
+        """One 402 answer: the base64 ``PAYMENT-REQUIRED`` header value (x402 v2) and the same PaymentRequired as a
+        camelCase JSON object for the body, built once."""
         pr = self.payment_required(resource_url, description, mime_type, requirements, extensions, error)
-        return encode_payment_required_header(pr)
-
-    def payment_required_body(
-        self,
-        resource_url: str,
-        description: str,
-        mime_type: str,
-        requirements: PaymentRequirements,
-        extensions: dict[str, Any] | None = None,
-        error: str | None = None,
-    ) -> dict[str, Any]:
-        """The same PaymentRequired as a camelCase JSON object (for a 402 body)."""
-        pr = self.payment_required(resource_url, description, mime_type, requirements, extensions, error)
-        return pr.model_dump(mode="json", by_alias=True, exclude_none=True)
-
-    def payment_required_answer(self, *args: Any) -> tuple[str, dict[str, Any]]:
-        """Header value and JSON body of one 402, from a single PaymentRequired (same arguments as above)."""
-        pr = self.payment_required(*args)
         return encode_payment_required_header(pr), pr.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    def payment_required_header(self, *args: Any, **kwargs: Any) -> str:
+        return self.payment_required_answer(*args, **kwargs)[0]
+
+    def payment_required_body(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return self.payment_required_answer(*args, **kwargs)[1]
 
     @staticmethod
     def bazaar_extension(
