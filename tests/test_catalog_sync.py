@@ -62,7 +62,7 @@ async def test_full_then_text_only_then_full_again(database, emu_all, emu_text):
         assert (await db.execute(select(func.count()).select_from(CatalogModel))).scalar_one() == len(all_raw)
         # Stored values follow the source exactly.
         for raw in all_raw[:50]:
-            model = await get_model(db, raw["id"])
+            model = await get_model(db, raw["id"], with_raw=True)
             assert model.raw == raw and model.is_active
             assert model.prompt_price == (
                 Decimal(raw["pricing"]["prompt"]) if raw["pricing"]["prompt"] != "-1" else None

@@ -22,6 +22,7 @@ from instant402.accounts.validation import (
 )
 from instant402.config import Settings
 from instant402.db.base import utcnow
+from instant402.db.sqlite_loop import quick_read
 from instant402.errors import ApiError, field_error
 
 _hasher = PasswordHasher()
@@ -183,7 +184,7 @@ async def start_session(db: AsyncSession, settings: Settings, user: User) -> New
 async def session_user(db: AsyncSession, token: str) -> tuple[User, WebSession] | None:
     row = (
         await db.execute(
-            select(User, WebSession)
+            quick_read(select(User, WebSession))
             .join(WebSession, WebSession.user_id == User.id)
             .where(WebSession.token_hash == sha256_hex(token), WebSession.expires_at > utcnow())
         )
@@ -227,7 +228,7 @@ async def revoke_token(db: AsyncSession, user: User, token_id: int) -> None:
 async def token_user(db: AsyncSession, plaintext: str) -> User | None:
     row = (
         await db.execute(
-            select(User, ApiToken)
+            quick_read(select(User, ApiToken))
             .join(ApiToken, ApiToken.user_id == User.id)
             .where(ApiToken.token_hash == sha256_hex(plaintext), ApiToken.revoked_at.is_(None))
         )

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Boolean, Date, ForeignKey, Index, Integer, String, Text, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column, relationship, selectinload
 
 from instant402.catalog.parse import price_per_million
 from instant402.db.base import Base, BigIntPK, ExactDecimal, UTCDateTime, utcnow
@@ -109,8 +109,9 @@ class CatalogModel(Base):
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True, index=True)
 
-    # OpenRouter's JSON lives in its own table: searches scan narrow rows (SQLite keeps big values inline).
-    raw_row: Mapped[CatalogModelRaw | None] = relationship(lazy="selectin", uselist=False, passive_deletes=True)
+    # OpenRouter's JSON lives in its own table: searches scan narrow rows (SQLite keeps big values inline). Loaded
+    # only when asked for (``get_model(..., with_raw=True)``): every resource load joins its model.
+    raw_row: Mapped[CatalogModelRaw | None] = relationship(lazy="raise", uselist=False, passive_deletes=True)
 
     @property
     def raw(self) -> dict[str, Any]:
@@ -168,9 +169,10 @@ class CatalogLock(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
-async def get_model(db: AsyncSession, model_id: str) -> CatalogModel | None:
-    """The stored model (active or not), or None."""
-    return await db.get(CatalogModel, model_id)
+async def get_model(db: AsyncSession, model_id: str, *, with_raw: bool = False) -> CatalogModel | None:
+    """The stored model (active or not), or None; ``with_raw`` also loads OpenRouter's JSON (``model.raw``)."""
+    options = [selectinload(CatalogModel.raw_row)] if with_raw else []
+    return await db.get(CatalogModel, model_id, options=options)
 
 
 async def get_models(db: AsyncSession, ids: list[str]) -> dict[str, CatalogModel]:

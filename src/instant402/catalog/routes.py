@@ -143,7 +143,7 @@ async def list_models(
 @router.get("/api/v1/models/{model_id:path}", dependencies=[Depends(public_rate_limit)])
 async def show_model(model_id: str, db: AsyncSession = Depends(get_db)):
     """One model, active or not, with OpenRouter's raw description of it."""
-    model = await get_model(db, model_id)
+    model = await get_model(db, model_id, with_raw=True)
     if model is None:
         raise not_found("model")
     curated_ids = await curation.curated_ids(db)

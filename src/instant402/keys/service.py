@@ -12,8 +12,9 @@ import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from functools import cache
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -21,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from instant402.config import Settings
 from instant402.db.base import utcnow
+from instant402.db.sqlite_loop import quick_read
 from instant402.errors import ApiError
 from instant402.keys.check import ACCEPTED, REJECTED, KeyCheck, check_key
 from instant402.keys.models import KeyDecryption, KeyEvent, KeyStatus, OpenRouterKey
@@ -119,7 +121,7 @@ def normalize_key(raw: str) -> str:
 
 
 async def _row(db: AsyncSession, user_id: int) -> OpenRouterKey | None:
-    return await db.scalar(select(OpenRouterKey).where(OpenRouterKey.user_id == user_id))
+    return await db.scalar(quick_read(select(OpenRouterKey)).where(OpenRouterKey.user_id == user_id))
 
 
 def _sealed(row: OpenRouterKey) -> Sealed:
@@ -284,15 +286,25 @@ async def has_usable_key(db: AsyncSession, user_id: int) -> bool:
     return status in KeyStatus.usable
 
 
+@cache
+def _count_statement(dialect: str):
+    """Today's +1 for one creator, built once per dialect (an upsert on the (user_id, day) key)."""
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    table = KeyDecryption.__table__
+    stmt = insert(table).values(user_id=bindparam("user_id"), day=bindparam("day"), count=1)
+    return stmt.on_conflict_do_update(index_elements=[table.c.user_id, table.c.day], set_={"count": table.c.count + 1})
+
+
 async def count_decryption(db: AsyncSession, user_id: int) -> None:
     """Add one to today's decryption count of this creator (in the caller's transaction)."""
-    dialect = db.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    stmt = insert(KeyDecryption).values(user_id=user_id, day=utcnow().date(), count=1)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[KeyDecryption.user_id, KeyDecryption.day], set_={"count": KeyDecryption.count + 1}
-    )
-    await db.execute(stmt)
+    conn = await db.connection()
+    await conn.execute(_count_statement(conn.dialect.name), {"user_id": user_id, "day": utcnow().date()})
+
+
+_keys = OpenRouterKey.__table__
+_SEALED = quick_read(select(_keys.c.ciphertext, _keys.c.nonce, _keys.c.wrapped_key, _keys.c.master_version)).where(
+    _keys.c.user_id == bindparam("user_id")
+)
 
 
 async def open_key_for_upstream(
@@ -305,11 +317,11 @@ async def open_key_for_upstream(
     ``commit=False`` to leave it in the caller's transaction, or ``count=False`` when the caller counts it with
     ``count_decryption`` in the transaction that records the call.
     """
-    row = await _row(db, user_id)
+    row = (await (await db.connection()).execute(_SEALED, {"user_id": user_id})).first()
     if row is None:
         raise NoOpenRouterKey(f"Creator {user_id} has no OpenRouter key saved.")
     try:
-        plaintext = vault.open(_sealed(row), owner_id=user_id)
+        plaintext = vault.open(Sealed(*row), owner_id=user_id)
     except VaultError as exc:
         raise UnreadableOpenRouterKey(f"The OpenRouter key of creator {user_id} cannot be decrypted: {exc}") from None
     if count:

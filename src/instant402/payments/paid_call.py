@@ -18,7 +18,7 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import update
+from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 
 from instant402.db.base import utcnow
@@ -35,7 +35,7 @@ from instant402.resources.params import validate_input
 from instant402.resources.schemas import endpoint_url, input_schema, output_description
 from instant402.resources.service import get_public
 from instant402.runtime import Runtime
-from instant402.usage.models import UsageKind, UsageRecord, UsageStatus
+from instant402.usage.models import UsageKind, UsageStatus, add_usage, update_usage
 
 log = logging.getLogger(__name__)
 
@@ -125,12 +125,13 @@ def _payment_required(gateway: PaymentGateway, quote: Quote, reason: str | None,
     return JSONResponse(error_body(code, message, details), status_code=402, headers={"PAYMENT-REQUIRED": header})
 
 
-async def _record(rt: Runtime, **fields) -> UsageRecord:
+async def _record(rt: Runtime, **fields) -> None:
     async with rt.db.sessions() as db:
-        row = UsageRecord(**fields)
-        db.add(row)
+        await add_usage(db, **fields)
         await db.commit()
-        return row
+
+
+_INSERT_CLAIM = insert(PaymentClaim.__table__)
 
 
 async def _claim(
@@ -139,39 +140,37 @@ async def _claim(
     """Insert the attempt, its payment claim (and the job of a long run) together, and open the creator's key in the
     same transaction (its audit count commits with the claim). Returns (usage id, key), or None when the payment
     was already used; the key is None for jobs, or when it cannot be opened (the run reports why)."""
-    r = quote.resource
+    r, requirements = quote.resource, quote.requirements
     async with rt.db.sessions() as db:
-        usage = UsageRecord(
+        usage_id = await add_usage(
+            db,
             resource_id=r.id,
             owner_id=r.owner_id,
             kind=UsageKind.paid,
             status=UsageStatus.running,
             payer=payer,
             amount_atomic=r.price_atomic,
-            network=quote.requirements.network,
-            asset=quote.requirements.asset,
-            pay_to=quote.requirements.pay_to,
+            network=requirements.network,
+            asset=requirements.asset,
+            pay_to=requirements.pay_to,
             model_requested=r.active_model_id,
             verify_ms=verify_ms,
         )
-        db.add(usage)
-        await db.flush()
-        expires = None if valid_before is None else datetime.fromtimestamp(valid_before, UTC)
-        db.add(
-            PaymentClaim(
-                network=quote.requirements.network,
-                payer=payer.lower(),
-                nonce=nonce.lower(),
-                usage_id=usage.id,
-                amount_atomic=r.price_atomic,
-                valid_before=expires,
-            )
-        )
-        if job is not None:
-            job.usage_id = usage.id
-            db.add(job)
+        claim = {
+            "network": requirements.network,
+            "payer": payer.lower(),
+            "nonce": nonce.lower(),
+            "usage_id": usage_id,
+            "amount_atomic": r.price_atomic,
+            "valid_before": None if valid_before is None else datetime.fromtimestamp(valid_before, UTC),
+        }
         try:
-            await db.flush()  # the claim's unique key refuses a replay here (PostgreSQL waits for the first)
+            # The claim's unique key refuses a replay here (PostgreSQL waits for a concurrent first claim to end).
+            await (await db.connection()).execute(_INSERT_CLAIM, claim)
+            if job is not None:
+                job.usage_id = usage_id
+                db.add(job)
+                await db.flush()
         except IntegrityError:
             await db.rollback()
             return None
@@ -184,7 +183,7 @@ async def _claim(
         except IntegrityError:
             await db.rollback()
             return None
-        return usage.id, key
+        return usage_id, key
 
 
 def outcome_fields(outcome: RunOutcome) -> dict[str, Any]:
@@ -213,9 +212,8 @@ def outcome_fields(outcome: RunOutcome) -> dict[str, Any]:
 
 
 async def finish_usage(rt: Runtime, usage_id: int, outcome: RunOutcome, **fields) -> None:
-    values = {**outcome_fields(outcome), **fields, "finished_at": utcnow()}
     async with rt.db.sessions() as db:
-        await db.execute(update(UsageRecord).where(UsageRecord.id == usage_id).values(**values))
+        await update_usage(db, usage_id, **{**outcome_fields(outcome), **fields, "finished_at": utcnow()})
         await db.commit()
 
 

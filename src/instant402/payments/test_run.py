@@ -17,7 +17,7 @@ from instant402.payments.paid_call import outcome_fields, payment_timeout_second
 from instant402.resources.params import validate_input
 from instant402.resources.service import get_own
 from instant402.runtime import Runtime
-from instant402.usage.models import UsageKind, UsageRecord, UsageStatus
+from instant402.usage.models import UsageKind, UsageStatus, add_usage
 from instant402.usage.service import usd_from_atomic
 
 
@@ -38,16 +38,15 @@ async def run_owner_test(rt: Runtime, db: AsyncSession, user: User, resource_id:
     if key is not None:
         await count_decryption(db, resource.owner_id)
     record = {"status": UsageStatus.succeeded, **outcome_fields(outcome)}  # a failure sets its own status
-    db.add(
-        UsageRecord(
-            resource_id=resource.id,
-            owner_id=resource.owner_id,
-            kind=UsageKind.test,
-            amount_atomic=0,
-            model_requested=resource.active_model_id,
-            finished_at=utcnow(),
-            **record,
-        )
+    await add_usage(
+        db,
+        resource_id=resource.id,
+        owner_id=resource.owner_id,
+        kind=UsageKind.test,
+        amount_atomic=0,
+        model_requested=resource.active_model_id,
+        finished_at=utcnow(),
+        **record,
     )
     await db.commit()
     if fail:

@@ -14,6 +14,7 @@ from instant402.accounts.models import User
 from instant402.catalog.models import CatalogModel
 from instant402.config import Settings
 from instant402.db.base import utcnow
+from instant402.db.sqlite_loop import quick_read
 from instant402.errors import ApiError, field_error, not_found
 from instant402.resources import lifecycle
 from instant402.resources.estimate import CostEstimate, estimate_cost
@@ -138,7 +139,7 @@ async def create_resource(db: AsyncSession, settings: Settings, user: User, body
 async def get_own(db: AsyncSession, user: User, resource_id: int) -> Resource:
     """The creator's resource; someone else's is as absent as a missing one (404)."""
     resource = (
-        (await db.execute(select(Resource).where(Resource.id == resource_id, Resource.owner_id == user.id)))
+        (await db.execute(quick_read(select(Resource)).where(Resource.id == resource_id, Resource.owner_id == user.id)))
         .unique()
         .scalar_one_or_none()
     )
@@ -419,7 +420,7 @@ async def search_public(
 
 async def get_public(db: AsyncSession, creator: str, slug: str) -> Resource:
     """A published or paused resource by its public address; drafts and archived ones are not found."""
-    query = _public_query().where(
+    query = quick_read(_public_query()).where(
         User.username == creator.lower(), Resource.slug == slug, Resource.status.in_(PUBLIC_STATUSES)
     )
     resource = (await db.execute(query)).unique().scalar_one_or_none()
@@ -430,5 +431,7 @@ async def get_public(db: AsyncSession, creator: str, slug: str) -> Resource:
 
 async def resolve_published(db: AsyncSession, creator: str, slug: str) -> Resource | None:
     """The paid route's lookup: one query, the owner and the model loaded with it; None unless published."""
-    query = _public_query().where(User.username == creator, Resource.slug == slug, Resource.status == "published")
+    query = quick_read(_public_query()).where(
+        User.username == creator, Resource.slug == slug, Resource.status == "published"
+    )
     return (await db.execute(query)).unique().scalar_one_or_none()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, bindparam, insert, update
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from instant402.db.base import Base, BigIntPK, ExactDecimal, UTCDateTime, utcnow
@@ -57,3 +59,22 @@ class UsageRecord(Base):
     settle_ms: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+# The hot path's writes, as prebuilt Core statements: building and flushing an ORM object per call costs more CPU
+# than the database does.
+_usage = UsageRecord.__table__
+_INSERT_USAGE = insert(_usage)
+_UPDATE_USAGE = update(_usage).where(_usage.c.id == bindparam("row_id"))
+
+
+async def add_usage(db: AsyncSession, **values: Any) -> int:
+    """Insert one usage row in the caller's transaction; returns its id."""
+    conn = await db.connection()
+    return (await conn.execute(_INSERT_USAGE, values)).inserted_primary_key[0]
+
+
+async def update_usage(db: AsyncSession, usage_id: int, **values: Any) -> None:
+    """Set ``values`` on one usage row in the caller's transaction."""
+    conn = await db.connection()
+    await conn.execute(_UPDATE_USAGE, {"row_id": usage_id, **values})
