@@ -21,6 +21,7 @@ from instant402.keys.routes import router as keys_router
 from instant402.keys.vault import load_vault
 from instant402.logs import configure_logging
 from instant402.payments.routes import router as payments_router
+from instant402.payments.routes import test_run_router
 from instant402.resources.routes import router as resources_router
 from instant402.runtime import Runtime
 from instant402.usage.routes import router as usage_router
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None, *, facilitator: Any = None) -> 
     app.state.runtime = Runtime(settings, app.state.db, vault, facilitator=facilitator)
     install_error_handlers(app)
     app.include_router(health_router)
+    app.include_router(test_run_router)  # the owner's hot path, matched before everything else
     app.include_router(accounts_router)
     app.include_router(catalog_router)
     app.include_router(keys_router)

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import bindparam, delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -181,14 +181,15 @@ async def start_session(db: AsyncSession, settings: Settings, user: User) -> New
     return NewSession(token, csrf, expires)
 
 
+_SESSION_USER = (
+    quick_read(select(User, WebSession))
+    .join(WebSession, WebSession.user_id == User.id)
+    .where(WebSession.token_hash == bindparam("token_hash"), WebSession.expires_at > bindparam("now"))
+)
+
+
 async def session_user(db: AsyncSession, token: str) -> tuple[User, WebSession] | None:
-    row = (
-        await db.execute(
-            quick_read(select(User, WebSession))
-            .join(WebSession, WebSession.user_id == User.id)
-            .where(WebSession.token_hash == sha256_hex(token), WebSession.expires_at > utcnow())
-        )
-    ).first()
+    row = (await db.execute(_SESSION_USER, {"token_hash": sha256_hex(token), "now": utcnow()})).first()
     return (row[0], row[1]) if row else None
 
 
@@ -225,14 +226,15 @@ async def revoke_token(db: AsyncSession, user: User, token_id: int) -> None:
     await db.commit()
 
 
+_TOKEN_USER = (
+    quick_read(select(User, ApiToken))
+    .join(ApiToken, ApiToken.user_id == User.id)
+    .where(ApiToken.token_hash == bindparam("token_hash"), ApiToken.revoked_at.is_(None))
+)
+
+
 async def token_user(db: AsyncSession, plaintext: str) -> User | None:
-    row = (
-        await db.execute(
-            quick_read(select(User, ApiToken))
-            .join(ApiToken, ApiToken.user_id == User.id)
-            .where(ApiToken.token_hash == sha256_hex(plaintext), ApiToken.revoked_at.is_(None))
-        )
-    ).first()
+    row = (await db.execute(_TOKEN_USER, {"token_hash": sha256_hex(plaintext)})).first()
     if not row:
         return None
     user, token = row

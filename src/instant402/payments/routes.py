@@ -16,6 +16,8 @@ from instant402.payments.paid_call import handle_paid_call
 from instant402.payments.test_run import run_owner_test
 
 router = APIRouter(tags=["paid calls"])
+# Included first by the app: route matching walks every earlier route on each request.
+test_run_router = APIRouter(tags=["paid calls"])
 
 
 @router.post(
@@ -27,7 +29,9 @@ async def paid_call(creator: str, slug: str, request: Request):
     return await handle_paid_call(request, creator, slug)
 
 
-@router.post("/api/v1/me/resources/{resource_id}/test", summary="Run your own resource without paying (a test)")
+@test_run_router.post(
+    "/api/v1/me/resources/{resource_id}/test", summary="Run your own resource without paying (a test)"
+)
 async def owner_test_run(
     request: Request,
     resource_id: int,

@@ -22,7 +22,7 @@ from instant402.usage.service import usd_from_atomic
 
 
 async def run_owner_test(rt: Runtime, db: AsyncSession, user: User, resource_id: int, body: Any) -> dict[str, Any]:
-    resource = await get_own(db, user, resource_id)
+    resource = await get_own(db, user, resource_id, related=False)
     if resource.status == "archived":
         raise ApiError(409, "resource_archived", "Archived resources cannot be run.")
     values = validate_input(resource, body)

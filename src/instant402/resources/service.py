@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import String, case, cast, func, or_, select
+from sqlalchemy import String, bindparam, case, cast, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import contains_eager
+from sqlalchemy.orm import contains_eager, raiseload
 
 from instant402.accounts.models import User
 from instant402.catalog.models import CatalogModel
@@ -136,13 +136,17 @@ async def create_resource(db: AsyncSession, settings: Settings, user: User, body
     return Saved(resource, estimate_cost(resource, resource.model), checked.warnings)
 
 
-async def get_own(db: AsyncSession, user: User, resource_id: int) -> Resource:
-    """The creator's resource; someone else's is as absent as a missing one (404)."""
-    resource = (
-        (await db.execute(quick_read(select(Resource)).where(Resource.id == resource_id, Resource.owner_id == user.id)))
-        .unique()
-        .scalar_one_or_none()
-    )
+_OWN = quick_read(select(Resource)).where(Resource.id == bindparam("rid"), Resource.owner_id == bindparam("uid"))
+# Without the owner and catalog rows (a run needs neither): touching them raises instead of querying.
+_OWN_BARE = _OWN.options(raiseload(Resource.owner), raiseload(Resource.model))
+
+
+async def get_own(db: AsyncSession, user: User, resource_id: int, *, related: bool = True) -> Resource:
+    """The creator's resource; someone else's is as absent as a missing one (404).
+
+    ``related=False`` leaves ``owner`` and ``model`` unloaded (the owner's test run reads neither)."""
+    query = _OWN if related else _OWN_BARE
+    resource = (await db.execute(query, {"rid": resource_id, "uid": user.id})).unique().scalar_one_or_none()
     if resource is None:
         raise not_found("resource")
     return resource
@@ -418,12 +422,15 @@ async def search_public(
     return Page(items, total, page, per_page, await stats_for(db, [r.id for r in items]))
 
 
+_PUBLIC = quick_read(_public_query()).where(
+    User.username == bindparam("creator"), Resource.slug == bindparam("slug"), Resource.status.in_(PUBLIC_STATUSES)
+)
+
+
 async def get_public(db: AsyncSession, creator: str, slug: str) -> Resource:
     """A published or paused resource by its public address; drafts and archived ones are not found."""
-    query = quick_read(_public_query()).where(
-        User.username == creator.lower(), Resource.slug == slug, Resource.status.in_(PUBLIC_STATUSES)
-    )
-    resource = (await db.execute(query)).unique().scalar_one_or_none()
+    params = {"creator": creator.lower(), "slug": slug}
+    resource = (await db.execute(_PUBLIC, params)).unique().scalar_one_or_none()
     if resource is None:
         raise not_found("resource")
     return resource
