@@ -214,3 +214,20 @@ async def test_cookie_session_needs_csrf_header_for_changes(client):
     assert r.status_code == 403 and error_of(r)["code"] == "csrf_failed"
     r = await client.patch("/api/v1/me", json={"payout_address": CHECKSUMMED}, headers={"X-CSRF-Token": csrf})
     assert r.status_code == 200
+
+
+async def test_no_username_can_take_a_path_of_the_app(app):
+    """A creator's paid URL is /{username}/{slug}: every other route's first segment must be refused as a name."""
+    from instant402.accounts.validation import username_problem
+
+    def paths(router):
+        for route in router.routes:
+            if hasattr(route, "original_router"):  # an included router
+                yield from paths(route.original_router)
+            elif hasattr(route, "path"):
+                yield route.path
+
+    firsts = {path.split("/")[1] for path in paths(app.router)} - {"", "{creator:creator}"}
+    assert {"api", "settings", "explore", "static-offline-docs"} <= firsts
+    takeable = sorted(first for first in firsts if username_problem(first) is None)
+    assert takeable == []

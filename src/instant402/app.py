@@ -58,7 +58,9 @@ def create_app(settings: Settings | None = None, *, facilitator: Any = None) -> 
     app.state.runtime = Runtime(settings, app.state.db, vault, facilitator=facilitator)
     install_error_handlers(app)
     app.include_router(health_router)
-    app.include_router(test_run_router)  # the owner's hot path, matched before everything else
+    # The hot paths first: the owner's test run, and the paid route (it leaves the app's own paths alone).
+    app.include_router(test_run_router)
+    app.include_router(payments_router)
     app.include_router(accounts_router)
     app.include_router(catalog_router)
     app.include_router(keys_router)
@@ -66,6 +68,4 @@ def create_app(settings: Settings | None = None, *, facilitator: Any = None) -> 
     app.include_router(usage_router)
     app.include_router(execution_router)
     mount_web(app)
-    # Last: the paid route POST /{creator}/{slug} must not shadow any other path.
-    app.include_router(payments_router)
     return app

@@ -2,26 +2,39 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.convertors import StringConvertor, register_url_convertor
 
 from instant402.accounts.auth import current_user
 from instant402.accounts.models import User
+from instant402.accounts.validation import RESERVED_USERNAMES
 from instant402.deps import get_db
 from instant402.execution.limits import OverCapacity
 from instant402.payments.paid_call import handle_paid_call
 from instant402.payments.test_run import run_owner_test
 
+
+class CreatorConvertor(StringConvertor):
+    """A creator's name in a paid URL: any segment but the reserved names, which belong to the app's other routes
+    (tests check that every route's first segment is reserved). So the paid route can be matched first."""
+
+    regex = "(?!(?:" + "|".join(re.escape(name) for name in sorted(RESERVED_USERNAMES)) + ")/)[^/]+"
+
+
+register_url_convertor("creator", CreatorConvertor())
+
+# Both routers are included first by the app: route matching walks every earlier route on each request.
 router = APIRouter(tags=["paid calls"])
-# Included first by the app: route matching walks every earlier route on each request.
 test_run_router = APIRouter(tags=["paid calls"])
 
 
 @router.post(
-    "/{creator}/{slug}",
+    "/{creator:creator}/{slug}",
     summary="Call an instant resource (x402: answers 402 with payment requirements until paid)",
     responses={402: {"description": "Payment required (x402 v2, PAYMENT-REQUIRED header)"}},
 )
