@@ -19,7 +19,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import case, select, update
+from sqlalchemy import case, inspect, select, update
 
 from instant402.catalog.models import CatalogModel
 from instant402.db.base import utcnow
@@ -118,7 +118,7 @@ async def _prices(rt: Runtime, resource: Resource) -> list[Any]:
     """Catalog rows of every model the call may run on (active model first, then fallbacks), cached briefly."""
     ids = [resource.active_model_id] + [m for m in resource.fallback_model_ids or () if m != resource.active_model_id]
     now = time.monotonic()
-    if resource.model is not None:
+    if "model" not in inspect(resource).unloaded and resource.model is not None:  # the paid route leaves it out
         _models[resource.model_id] = (now + _MODEL_CACHE_SECONDS, resource.model)
     missing = [m for m in ids if m not in _models or _models[m][0] <= now]
     if missing:

@@ -33,7 +33,7 @@ from instant402.payments.models import PaymentClaim
 from instant402.resources.models import Resource
 from instant402.resources.params import validate_input
 from instant402.resources.schemas import endpoint_url, input_schema, output_description
-from instant402.resources.service import get_public
+from instant402.resources.service import get_for_call
 from instant402.runtime import Runtime
 from instant402.usage.models import UsageKind, UsageStatus, add_usage, update_usage
 
@@ -237,12 +237,12 @@ async def handle_paid_call(request: Request, creator: str, slug: str) -> JSONRes
     try:
         # 1. resolve (404 unknown, 503 paused) and 2. validate the input before any payment is asked for.
         async with rt.db.sessions() as db:
-            resource = await get_public(db, creator, slug)
+            resource = await get_for_call(db, creator, slug)
         budget_paused = resource.status == "paused" and resource.pause_kind == budgets.BUDGET
         # Lazy end of a budget pause once the day is over.
         if budget_paused and await budgets.lift_if_reset(rt, resource.owner_id):
             async with rt.db.sessions() as db:
-                resource = await get_public(db, creator, slug)
+                resource = await get_for_call(db, creator, slug)
         if resource.status != "published":
             raise _paused(resource)
         values = validate_input(resource, await _read_body(request, rt.settings.max_request_bytes))

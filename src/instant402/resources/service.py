@@ -436,6 +436,27 @@ async def get_public(db: AsyncSession, creator: str, slug: str) -> Resource:
     return resource
 
 
+# The paid route's lookup: the owner's name and payout address come with the resource, the catalog row does not (the
+# call's cost check keeps its own short cache of model prices).
+_FOR_CALL = (
+    quick_read(select(Resource))
+    .join(Resource.owner)
+    .options(contains_eager(Resource.owner).load_only(User.username, User.payout_address), raiseload(Resource.model))
+    .where(
+        User.username == bindparam("creator"), Resource.slug == bindparam("slug"), Resource.status.in_(PUBLIC_STATUSES)
+    )
+)
+
+
+async def get_for_call(db: AsyncSession, creator: str, slug: str) -> Resource:
+    """``get_public`` for a call: the same resource (404 otherwise), with ``owner`` partly and ``model`` not loaded."""
+    params = {"creator": creator.lower(), "slug": slug}
+    resource = (await db.execute(_FOR_CALL, params)).unique().scalar_one_or_none()
+    if resource is None:
+        raise not_found("resource")
+    return resource
+
+
 async def resolve_published(db: AsyncSession, creator: str, slug: str) -> Resource | None:
     """The paid route's lookup: one query, the owner and the model loaded with it; None unless published."""
     query = quick_read(_public_query()).where(
