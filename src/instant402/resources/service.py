@@ -429,8 +429,11 @@ _PUBLIC = quick_read(_public_query()).where(
 
 async def get_public(db: AsyncSession, creator: str, slug: str) -> Resource:
     """A published or paused resource by its public address; drafts and archived ones are not found."""
-    params = {"creator": creator.lower(), "slug": slug}
-    resource = (await db.execute(_PUBLIC, params)).unique().scalar_one_or_none()
+    return await _by_address(db, _PUBLIC, creator, slug)
+
+
+async def _by_address(db: AsyncSession, query, creator: str, slug: str) -> Resource:
+    resource = (await db.execute(query, {"creator": creator.lower(), "slug": slug})).unique().scalar_one_or_none()
     if resource is None:
         raise not_found("resource")
     return resource
@@ -450,11 +453,7 @@ _FOR_CALL = (
 
 async def get_for_call(db: AsyncSession, creator: str, slug: str) -> Resource:
     """``get_public`` for a call: the same resource (404 otherwise), with ``owner`` partly and ``model`` not loaded."""
-    params = {"creator": creator.lower(), "slug": slug}
-    resource = (await db.execute(_FOR_CALL, params)).unique().scalar_one_or_none()
-    if resource is None:
-        raise not_found("resource")
-    return resource
+    return await _by_address(db, _FOR_CALL, creator, slug)
 
 
 async def resolve_published(db: AsyncSession, creator: str, slug: str) -> Resource | None:
