@@ -157,10 +157,13 @@ async def test_tokens_create_use_list_revoke(client, make_creator, database):
     assert r.status_code == 201
     token, token_id = r.json()["token"], r.json()["id"]
     assert token.startswith("i402_") and r.json()["prefix"] == token[:12]
+    unused = (await client.get("/api/v1/me/tokens", headers=creator.headers)).json()
+    assert {t["name"]: t["last_used_at"] for t in unused}["ci"] is None
     me = await client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
     assert me.status_code == 200 and me.json()["username"] == creator.username
     listed = (await client.get("/api/v1/me/tokens", headers=creator.headers)).json()
     assert {t["name"] for t in listed} == {"tests", "ci"}
+    assert {t["name"]: t["last_used_at"] for t in listed}["ci"] is not None  # touched by its first use
     assert all("token" not in t for t in listed)
     assert (await client.delete(f"/api/v1/me/tokens/{token_id}", headers=creator.headers)).status_code == 204
     r = await client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})

@@ -1,18 +1,22 @@
-"""Quick reads on SQLite run on the event loop; writes still wait for the write lock off the loop."""
+"""Quick statements on SQLite run on the event loop; nothing that waits for the write lock does."""
 
 from __future__ import annotations
 
 import asyncio
 
-from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, insert, select
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from instant402.config import Mode, Settings
-from instant402.db import Database
-from instant402.db.sqlite_loop import LoopReadsConnection, quick_read
+from instant402.db import Database, sqlite_loop
+from instant402.db.sqlite_loop import LoopReadsConnection, quick_read, quick_write
 
 metadata = MetaData()
 items = Table("items", metadata, Column("id", Integer, primary_key=True), Column("name", String))
 QUICK = quick_read(select(items.c.name)).where(items.c.id == bindparam("item_id"))
+QUICK_INSERT = quick_write(insert(items))
+QUICK_RENAME = quick_write(update(items)).where(items.c.id == bindparam("item_id"))
 
 
 async def _database(tmp_path) -> Database:
@@ -30,6 +34,16 @@ class CountingQueue:
     def put_nowait(self, item):
         self.handed_over.append(item)
         self.inner.put_nowait(item)
+
+    def functions(self) -> list[str]:
+        # aiosqlite hands over partial(fn, *args)
+        return [getattr(getattr(function, "func", function), "__name__", "") for _, function in self.handed_over]
+
+
+def _count_handovers(conn) -> CountingQueue:
+    driver = _driver(conn)
+    driver._tx = queue = CountingQueue(driver._tx)  # what is handed to aiosqlite's thread
+    return queue
 
 
 def _driver(conn) -> LoopReadsConnection:
@@ -85,5 +99,83 @@ async def test_quick_read_does_not_wait_for_a_writer_and_a_waiting_writer_does_n
             await other.commit()
             ticking.cancel()
             assert (await other.execute(QUICK, {"item_id": 4})).scalar_one() == "four"
+    finally:
+        await db.dispose()
+
+
+async def test_a_quick_write_transaction_that_gets_the_lock_runs_on_the_loop(tmp_path):
+    db = await _database(tmp_path)
+    try:
+        async with db.engine.connect() as conn, db.engine.connect() as reader:
+            handed_over = _count_handovers(conn).handed_over
+            await conn.execute(QUICK_INSERT, {"id": 10, "name": "ten"})
+            await conn.execute(QUICK_RENAME, {"item_id": 1, "name": "uno"})
+            await conn.execute(insert(items).values(id=11, name="eleven"))  # unmarked, but the lock is already held
+            assert (await reader.execute(QUICK, {"item_id": 10})).first() is None  # not committed yet
+            await conn.commit()
+            assert handed_over == []
+            assert (await reader.execute(QUICK, {"item_id": 10})).scalar_one() == "ten"
+            assert (await reader.execute(QUICK, {"item_id": 1})).scalar_one() == "uno"
+            assert (await reader.execute(QUICK, {"item_id": 11})).scalar_one() == "eleven"
+    finally:
+        await db.dispose()
+
+
+async def test_a_quick_write_waits_on_the_thread_while_another_writer_holds_the_lock(tmp_path):
+    db = await _database(tmp_path)
+    try:
+        async with db.engine.connect() as holder, db.engine.connect() as conn:
+            await holder.execute(insert(items).values(id=20, name="twenty"))  # holds the write lock, uncommitted
+            handed_over = _count_handovers(conn).handed_over
+            ticks = 0
+
+            async def ticker():
+                nonlocal ticks
+                while True:
+                    ticks += 1
+                    await asyncio.sleep(0.01)
+
+            ticking = asyncio.create_task(ticker())
+            waiting = asyncio.create_task(conn.execute(QUICK_INSERT, {"id": 21, "name": "twenty-one"}))
+            await asyncio.sleep(0.3)
+            assert not waiting.done() and ticks >= 10  # waiting for the lock, and not on the loop
+            await holder.commit()
+            await asyncio.wait_for(waiting, 10)
+            await conn.commit()
+            ticking.cancel()
+            assert len(handed_over) >= 2  # the statement and its commit went to the thread
+            assert (await holder.execute(QUICK, {"item_id": 21})).scalar_one() == "twenty-one"
+    finally:
+        await db.dispose()
+
+
+async def test_a_failed_quick_write_rolls_back_and_frees_the_lock(tmp_path):
+    db = await _database(tmp_path)
+    try:
+        async with db.engine.connect() as conn, db.engine.connect() as other:
+            await conn.execute(QUICK_INSERT, {"id": 30, "name": "thirty"})
+            with pytest.raises(IntegrityError):  # the same key again, as a replayed payment claim does
+                await conn.execute(QUICK_INSERT, {"id": 30, "name": "again"})
+            await conn.rollback()
+            assert (await other.execute(QUICK, {"item_id": 30})).first() is None
+            await other.execute(QUICK_INSERT, {"id": 31, "name": "thirty-one"})  # the lock is free: no wait
+            await other.commit()
+            assert (await conn.execute(QUICK, {"item_id": 31})).scalar_one() == "thirty-one"
+    finally:
+        await db.dispose()
+
+
+async def test_commits_checkpoint_the_log_on_the_thread(tmp_path, monkeypatch):
+    monkeypatch.setattr(sqlite_loop, "CHECKPOINT_EVERY", 3)
+    db = await _database(tmp_path)
+    try:
+        async with db.engine.connect() as conn:
+            queue = _count_handovers(conn)
+            for n in range(6):
+                await conn.execute(QUICK_INSERT, {"id": 40 + n, "name": "x"})
+                await conn.commit()
+            assert queue.functions().count("_checkpoint") == 2
+            auto = (await conn.exec_driver_sql("PRAGMA wal_autocheckpoint")).scalar_one()
+            assert auto == 0  # SQLite's own checkpoint would run inside a commit, on the loop
     finally:
         await db.dispose()

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from instant402.payments.buyer import make_buyer_client, pay_url
-from tests.support.servers import free_port
+from tests.support.servers import free_port_block
 
 pytestmark = pytest.mark.slow
 
@@ -62,9 +62,7 @@ def stop(proc: subprocess.Popen) -> str:
 
 
 async def test_sandbox_end_to_end(tmp_path):
-    data_dir, port = tmp_path / "sandbox", free_port()
-    while any(_in_use(p) for p in (port + 1, port + 2)):
-        port = free_port()
+    data_dir, port = tmp_path / "sandbox", free_port_block(3)  # the app, then the chain and the facilitator
     proc = start_sandbox(data_dir, port)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -111,10 +109,3 @@ async def test_sandbox_end_to_end(tmp_path):
         assert listed["total"] == 3
     finally:
         stop(proc)
-
-
-def _in_use(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import bindparam, delete, func, or_, select
+from sqlalchemy import bindparam, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -226,21 +226,24 @@ async def revoke_token(db: AsyncSession, user: User, token_id: int) -> None:
     await db.commit()
 
 
+# The token's own columns come as plain values: one entity to load, not two.
 _TOKEN_USER = (
-    quick_read(select(User, ApiToken))
+    quick_read(select(User, ApiToken.id, ApiToken.last_used_at))
     .join(ApiToken, ApiToken.user_id == User.id)
     .where(ApiToken.token_hash == bindparam("token_hash"), ApiToken.revoked_at.is_(None))
 )
+_tokens = ApiToken.__table__
+_TOUCH_TOKEN = update(_tokens).where(_tokens.c.id == bindparam("token_id")).values(last_used_at=bindparam("now"))
 
 
 async def token_user(db: AsyncSession, plaintext: str) -> User | None:
     row = (await db.execute(_TOKEN_USER, {"token_hash": sha256_hex(plaintext)})).first()
     if not row:
         return None
-    user, token = row
+    user, token_id, last_used_at = row
     now = utcnow()
     # Touch last_used_at at most once a minute: keeps the hot path free of writes.
-    if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
-        token.last_used_at = now
+    if last_used_at is None or now - last_used_at > timedelta(minutes=1):
+        await db.execute(_TOUCH_TOKEN, {"token_id": token_id, "now": now})
         await db.commit()
     return user

@@ -10,6 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from instant402.config import Settings
 from instant402.db import sqlite_loop
 
+BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for SQLite's write lock
+
 
 def make_engine(settings: Settings) -> AsyncEngine:
     url = settings.resolved_database_url
@@ -28,9 +30,12 @@ def make_engine(settings: Settings) -> AsyncEngine:
             cur.execute("PRAGMA journal_mode=WAL")
             driver_conn = dbapi_conn.driver_connection
             if isinstance(driver_conn, sqlite_loop.LoopReadsConnection):
-                driver_conn.wal = cur.fetchone()[0] == "wal"  # quick reads may skip the thread only in WAL mode
+                driver_conn.wal = cur.fetchone()[0] == "wal"  # quick statements may skip the thread only in WAL mode
+                driver_conn.busy_timeout_ms = BUSY_TIMEOUT_MS
+                # Checkpoints copy the log into the database and fsync it: the connection runs them on its thread.
+                cur.execute("PRAGMA wal_autocheckpoint=0")
             cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             # Reads straight from the mapped file, not copied through the page cache: text searches scan ~25% faster.
             cur.execute("PRAGMA mmap_size=268435456")
             cur.close()

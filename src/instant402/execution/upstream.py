@@ -1,8 +1,9 @@
 """Running one completion upstream: retries, fallbacks and output normalisation around the openai SDK.
 
-One ``Upstream`` per process holds one long-lived ``AsyncOpenAI`` client on aiohttp; each call borrows it with the
-creator's key (``with_options`` shares the connection pool). The product is the only retry owner: the SDK's
-``max_retries`` is 0.
+One ``Upstream`` per process holds one long-lived ``AsyncOpenAI`` client on aiohttp; each call sends the creator's key
+in its own ``Authorization`` header. (``with_options(api_key=...)`` would build a client per call, and each new client
+asks a worker thread for the platform headers: a thread hop per call on the hot path.) The product is the only retry
+owner: the SDK's ``max_retries`` is 0.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from instant402.execution.outputs import normalise
 OutputKind = Literal["text", "json", "image"]
 _ZERO = Decimal(0)
 _PATH = "/chat/completions"
-_BEARER = {"bearer_auth": True}
+_NO_CLIENT_AUTH: dict[str, bool] = {}  # the shared client holds no key: each call sends its own
 
 
 @dataclass(slots=True)
@@ -124,7 +125,7 @@ class Upstream:
         # Built on first use, inside the running event loop that aiohttp binds to.
         if self._client is None:
             self._client = AsyncOpenAI(
-                api_key="unset",  # every call supplies the creator's key through with_options
+                api_key="unset",  # never sent: every call supplies the creator's key in its own header
                 base_url=self.settings.openrouter_base_url,
                 max_retries=0,
                 timeout=self.settings.upstream_timeout_seconds,
@@ -143,14 +144,15 @@ class Upstream:
         Tries the model, then each fallback in order; raises UpstreamFailure (with ``attempts``) when none answers.
         """
         end = time.monotonic() + (deadline - time.time())
-        client = self.client.with_options(api_key=api_key)
+        client = self.client
+        auth = {"Authorization": f"Bearer {api_key}"}
         attempts: list[Attempt] = []
         last: UpstreamFailure | None = None
         for model in (request.model, *request.fallback_models):
             if last is not None and time.monotonic() >= end:
                 break
             try:
-                return await self._run_model(client, request, model, end, attempts)
+                return await self._run_model(client, auth, request, model, end, attempts)
             except UpstreamFailure as failure:
                 last = failure
                 if not failure.fallback_ok:
@@ -160,7 +162,13 @@ class Upstream:
         raise last
 
     async def _run_model(
-        self, client: AsyncOpenAI, request: CompletionRequest, model: str, end: float, attempts: list[Attempt]
+        self,
+        client: AsyncOpenAI,
+        auth: dict[str, str],
+        request: CompletionRequest,
+        model: str,
+        end: float,
+        attempts: list[Attempt],
     ) -> Completion:
         """One model: transient failures retried with backoff; an invalid JSON answer retried once."""
         settings = self.settings
@@ -174,7 +182,7 @@ class Upstream:
             started = time.perf_counter()
             answer: _Answer | None = None
             try:
-                answer = await self._attempt(client, request, model, remaining)
+                answer = await self._attempt(client, auth, request, model, remaining)
                 output = await normalise(
                     request.output_kind,
                     answer.content,
@@ -249,14 +257,18 @@ class Upstream:
             body["stream"] = True
         return body
 
-    async def _attempt(self, client: AsyncOpenAI, request: CompletionRequest, model: str, remaining: float) -> _Answer:
+    async def _attempt(
+        self, client: AsyncOpenAI, auth: dict[str, str], request: CompletionRequest, model: str, remaining: float
+    ) -> _Answer:
         timeout = min(self.settings.upstream_timeout_seconds, remaining)
         body = self._body(request, model)
         # The SDK's generic post: same auth, transport and error mapping as chat.completions.create, without its
         # per-call TypedDict transform of the messages (the largest CPU cost of a call; the body is plain JSON).
-        options: dict[str, Any] = {"timeout": timeout, "security": _BEARER}
-        if request.headers:
-            options["headers"] = request.headers
+        options: dict[str, Any] = {
+            "timeout": timeout,
+            "security": _NO_CLIENT_AUTH,
+            "headers": {**request.headers, **auth} if request.headers else auth,
+        }
         try:
             async with asyncio.timeout(timeout):
                 if request.stream:

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from instant402.config import Settings
 from instant402.db.base import utcnow
-from instant402.db.sqlite_loop import quick_read
+from instant402.db.sqlite_loop import quick_read, quick_write
 from instant402.errors import ApiError
 from instant402.keys.check import ACCEPTED, REJECTED, KeyCheck, check_key
 from instant402.keys.models import KeyDecryption, KeyEvent, KeyStatus, OpenRouterKey
@@ -291,7 +291,7 @@ def _count_statement(dialect: str):
     """Today's +1 for one creator, built once per dialect (an upsert on the (user_id, day) key)."""
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     table = KeyDecryption.__table__
-    stmt = insert(table).values(user_id=bindparam("user_id"), day=bindparam("day"), count=1)
+    stmt = quick_write(insert(table)).values(user_id=bindparam("user_id"), day=bindparam("day"), count=1)
     return stmt.on_conflict_do_update(index_elements=[table.c.user_id, table.c.day], set_={"count": table.c.count + 1})
 
 

@@ -62,6 +62,7 @@ class Vault:
             if len(key) != _KEY_BYTES:
                 raise MasterKeyError(f"Master key version {version} must be 32 bytes (256 bits).")
         self._masters = dict(masters)
+        self._ciphers = {version: AESGCM(key) for version, key in masters.items()}  # built once: one per call adds up
 
     def __repr__(self) -> str:
         return f"Vault(versions={self.versions})"
@@ -76,7 +77,7 @@ class Vault:
 
     def _master(self, version: int) -> AESGCM:
         try:
-            return AESGCM(self._masters[version])
+            return self._ciphers[version]
         except KeyError:
             raise VaultError(f"Master key version {version} is not configured.") from None
 

@@ -22,6 +22,7 @@ from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 
 from instant402.db.base import utcnow
+from instant402.db.sqlite_loop import quick_write
 from instant402.errors import ApiError, error_body
 from instant402.execution import budgets, jobs
 from instant402.execution.limits import OverCapacity, RateLimited
@@ -131,7 +132,7 @@ async def _record(rt: Runtime, **fields) -> None:
         await db.commit()
 
 
-_INSERT_CLAIM = insert(PaymentClaim.__table__)
+_INSERT_CLAIM = quick_write(insert(PaymentClaim.__table__))
 
 
 async def _claim(

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from instant402.db.base import Base, BigIntPK, ExactDecimal, UTCDateTime, utcnow
+from instant402.db.sqlite_loop import quick_write
 
 
 class UsageKind:
@@ -64,8 +65,8 @@ class UsageRecord(Base):
 # The hot path's writes, as prebuilt Core statements: building and flushing an ORM object per call costs more CPU
 # than the database does.
 _usage = UsageRecord.__table__
-_INSERT_USAGE = insert(_usage)
-_UPDATE_USAGE = update(_usage).where(_usage.c.id == bindparam("row_id"))
+_INSERT_USAGE = quick_write(insert(_usage))
+_UPDATE_USAGE = quick_write(update(_usage)).where(_usage.c.id == bindparam("row_id"))
 
 
 async def add_usage(db: AsyncSession, **values: Any) -> int:
