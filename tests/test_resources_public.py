@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 
 import pytest
 from starlette.routing import Route
 
+from instant402.accounts.models import User
 from instant402.errors import ApiError
+from instant402.resources.models import Resource, ResourceRow
 from instant402.resources.params import validate_input
-from instant402.resources.service import resolve_published
+from instant402.resources.service import get_for_call, get_own, get_own_row
 from instant402.usage.models import UsageRecord
 from tests.test_resources_helpers import (
     CANARY_SYSTEM,
@@ -181,11 +184,28 @@ async def test_canaries_never_appear_in_any_public_answer(client, app, make_crea
     assert checked >= 6
     # What the paid route answers before any payment: input errors (it runs validate_input first).
     async with app.state.db.session() as db:
-        resource = await resolve_published(db, creator.username, "summarizer")
-    assert resource is not None
+        resource = await get_for_call(db, creator.username, "summarizer")
     for body in ({"text": 5}, {"nope": 1}, None, [], {"text": "x", "tone": "loud", "words": True}):
         with pytest.raises(ApiError) as caught:
             validate_input(resource, body)
         assert_no_canary(f"{caught.value.message} {caught.value.details}", "input error")
     for record in caplog.records:
         assert_no_canary(record.getMessage(), "log")
+
+
+async def test_call_rows_hold_what_the_entity_holds(client, app, make_creator, database):
+    creator, body = await published(client, app, make_creator)
+    columns = [column.key for column in Resource.__table__.columns]
+    assert [f.name for f in dataclasses.fields(ResourceRow)] == [*columns, "owner"]
+    async with database.session() as db:
+        user = await db.get(User, await user_id(database, creator.username))
+        entity = await get_own(db, user, body["id"])
+        for_call = await get_for_call(db, creator.username.upper(), body["slug"])  # names are case-insensitive
+        own = await get_own_row(db, user, body["id"])
+    for row in (for_call, own):
+        assert {c: getattr(row, c) for c in columns} == {c: getattr(entity, c) for c in columns}
+        assert row.active_model_id == entity.active_model_id
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            row.price_atomic = 1  # a call never writes its resource
+    assert (for_call.owner.username, for_call.owner.payout_address) == (creator.username, PAYOUT)
+    assert own.owner is None

@@ -19,7 +19,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import case, inspect, select, update
+from sqlalchemy import case, select, update
 
 from instant402.catalog.models import CatalogModel
 from instant402.db.base import utcnow
@@ -32,7 +32,7 @@ from instant402.resources.params import MAX_TOTAL_INPUT_CHARS, compiled, render_
 from instant402.resources.templates import Placeholder
 
 if TYPE_CHECKING:
-    from instant402.resources.models import Resource
+    from instant402.resources.models import AnyResource
     from instant402.runtime import Runtime
 
 PUSD_PER_USD = 10**12
@@ -114,12 +114,10 @@ def view_of(row: CreatorLimits | None) -> LimitsView:
 _models: dict[str, tuple[float, Any]] = {}
 
 
-async def _prices(rt: Runtime, resource: Resource) -> list[Any]:
+async def _prices(rt: Runtime, resource: AnyResource) -> list[Any]:
     """Catalog rows of every model the call may run on (active model first, then fallbacks), cached briefly."""
     ids = [resource.active_model_id] + [m for m in resource.fallback_model_ids or () if m != resource.active_model_id]
     now = time.monotonic()
-    if "model" not in inspect(resource).unloaded and resource.model is not None:  # the paid route leaves it out
-        _models[resource.model_id] = (now + _MODEL_CACHE_SECONDS, resource.model)
     missing = [m for m in ids if m not in _models or _models[m][0] <= now]
     if missing:
         async with rt.db.sessions() as db:
@@ -128,7 +126,7 @@ async def _prices(rt: Runtime, resource: Resource) -> list[Any]:
     return [_models[m][1] for m in ids if m in _models]
 
 
-def _inserted_chars(resource: Resource, values: dict[str, Any] | None) -> tuple[int, int]:
+def _inserted_chars(resource: AnyResource, values: dict[str, Any] | None) -> tuple[int, int]:
     """Characters the parameters add to the prompt: (worst allowed, with these values)."""
     comp = compiled(resource)
     uses: dict[str, int] = {}
@@ -144,7 +142,7 @@ def _inserted_chars(resource: Resource, values: dict[str, Any] | None) -> tuple[
     return worst, min(actual, worst)
 
 
-def call_worst_case(resource: Resource, model: Any, values: dict[str, Any] | None = None) -> Decimal:
+def call_worst_case(resource: AnyResource, model: Any, values: dict[str, Any] | None = None) -> Decimal:
     """The most this call can cost upstream on ``model``: the resource's worst case, with the prompt part tightened
     to the input actually sent (one token per input character at worst, as in resources.estimate)."""
     cost = worst_case_cost(resource, model)
@@ -154,7 +152,7 @@ def call_worst_case(resource: Resource, model: Any, values: dict[str, Any] | Non
     return max(Decimal(0), cost - spare * price)
 
 
-async def worst_case_for_call(rt: Runtime, resource: Resource, values: dict[str, Any] | None) -> Decimal:
+async def worst_case_for_call(rt: Runtime, resource: AnyResource, values: dict[str, Any] | None) -> Decimal:
     """The dearest of the call's possible models (a fallback may cost more than the main model)."""
     models = await _prices(rt, resource)
     return max((call_worst_case(resource, m, values) for m in models), default=Decimal(0))
@@ -163,13 +161,13 @@ async def worst_case_for_call(rt: Runtime, resource: Resource, values: dict[str,
 # --- the per-call cap ---------------------------------------------------------------------------------------------
 
 
-def cap_for(resource: Resource, limits: LimitsView) -> Decimal:
+def cap_for(resource: AnyResource, limits: LimitsView) -> Decimal:
     if limits.per_call_cap_usd is not None:
         return limits.per_call_cap_usd
     return Decimal(resource.price_atomic) / Decimal(10**6)
 
 
-async def check_call_cost(rt: Runtime, resource: Resource, values: dict[str, Any]) -> tuple[LimitsView, Decimal]:
+async def check_call_cost(rt: Runtime, resource: AnyResource, values: dict[str, Any]) -> tuple[LimitsView, Decimal]:
     """Refuse (503, nothing charged) a call whose worst case is above the cap; returns the limits and worst case."""
     limits = await rt.creator_limits.get(rt, resource.owner_id)
     worst = await worst_case_for_call(rt, resource, values)
@@ -233,7 +231,7 @@ async def replace_hold(rt: Runtime, user_id: int, day: date, hold_pusd: int, act
         await db.commit()
 
 
-async def budget_reached(rt: Runtime, resource: Resource, limits: LimitsView) -> ApiError:
+async def budget_reached(rt: Runtime, resource: AnyResource, limits: LimitsView) -> ApiError:
     """Pause the creator's resources until the reset, tell the creator, and give the buyer's 503."""
     reset = next_reset()
     async with rt.db.sessions() as db:

@@ -25,7 +25,7 @@ from instant402.execution import budgets
 from instant402.execution.limits import OverCapacity
 from instant402.execution.models import Job, JobState
 from instant402.execution.runner import run_resource
-from instant402.resources.models import Resource
+from instant402.resources.models import AnyResource, Resource
 from instant402.usage.models import UsageRecord, UsageStatus
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ _TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")  # token_urlsafe(32)
 IMAGE_RUN_SECONDS = 90  # image models commonly take a minute or more
 
 
-def expected_run_seconds(resource: Resource) -> float:
+def expected_run_seconds(resource: AnyResource) -> float:
     """How long a call of ``resource`` may legitimately run: ~25 tokens/s for text; images take longer."""
     seconds = resource.max_tokens / 25
     if resource.output_kind == "image":
@@ -45,7 +45,7 @@ def expected_run_seconds(resource: Resource) -> float:
     return seconds
 
 
-def is_long_run(resource: Resource, threshold: float) -> bool:
+def is_long_run(resource: AnyResource, threshold: float) -> bool:
     return threshold > 0 and expected_run_seconds(resource) > threshold
 
 
@@ -64,7 +64,7 @@ def job_url(public_url: str, token: str) -> str:
 
 
 def new_job(
-    resource: Resource, values: dict[str, Any], payload: PaymentPayload, requirements: PaymentRequirements, **fields
+    resource: AnyResource, values: dict[str, Any], payload: PaymentPayload, requirements: PaymentRequirements, **fields
 ) -> Job:
     return Job(
         resource_id=resource.id,

@@ -17,7 +17,7 @@ from instant402.resources.lifecycle import pause_creator_resources
 from instant402.resources.params import build_messages
 
 if TYPE_CHECKING:
-    from instant402.resources.models import Resource
+    from instant402.resources.models import AnyResource
     from instant402.runtime import Runtime
 
 _REASONS = {
@@ -44,7 +44,7 @@ class RunOutcome:
         return sum((a.cost_usd for a in self.attempts), start=0) or None
 
 
-def completion_request(rt: Runtime, resource: Resource, values: dict[str, Any]) -> CompletionRequest:
+def completion_request(rt: Runtime, resource: AnyResource, values: dict[str, Any]) -> CompletionRequest:
     active = resource.active_model_id
     return CompletionRequest(
         model=active,
@@ -60,7 +60,7 @@ def completion_request(rt: Runtime, resource: Resource, values: dict[str, Any]) 
 
 
 async def run_resource(
-    rt: Runtime, resource: Resource, values: dict[str, Any], deadline: float, key: SecretKey | None = None
+    rt: Runtime, resource: AnyResource, values: dict[str, Any], deadline: float, key: SecretKey | None = None
 ) -> RunOutcome:
     """Call the model with the creator's key and react to key trouble (pause the creator).
 

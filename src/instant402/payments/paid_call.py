@@ -31,7 +31,7 @@ from instant402.execution.runner import RunOutcome, run_resource
 from instant402.keys.service import KeyUnavailable, open_key_for_upstream
 from instant402.payments.gateway import PaymentError, PaymentGateway
 from instant402.payments.models import PaymentClaim
-from instant402.resources.models import Resource
+from instant402.resources.models import AnyResource
 from instant402.resources.params import validate_input
 from instant402.resources.schemas import endpoint_url, input_schema, output_description
 from instant402.resources.service import get_for_call
@@ -51,7 +51,7 @@ _PAUSE_MESSAGES = {
 _DEFAULT_PAUSE_MESSAGE = "This resource is temporarily unavailable; its creator has been notified."
 
 
-def payment_timeout_seconds(resource: Resource, ceiling: int) -> int:
+def payment_timeout_seconds(resource: AnyResource, ceiling: int) -> int:
     """Validity to ask of the buyer's authorization: the longest legitimate run plus time to settle.
 
     A generous 25 tokens/s for text, a minute more for images; never above the configured ceiling.
@@ -62,7 +62,7 @@ def payment_timeout_seconds(resource: Resource, ceiling: int) -> int:
 
 @dataclass(slots=True)
 class Quote:
-    resource: Resource
+    resource: AnyResource
     url: str
     requirements: Any
     extensions: dict[str, Any]
@@ -88,7 +88,7 @@ async def _read_body(request: Request, limit: int) -> Any:
         raise ApiError(400, "malformed_json", "The request body is not valid JSON.") from None
 
 
-def _paused(resource: Resource) -> ApiError:
+def _paused(resource: AnyResource) -> ApiError:
     headers = {"Retry-After": str(budgets.seconds_to_reset())} if resource.pause_kind == "budget" else None
     message = _PAUSE_MESSAGES.get(resource.pause_kind or "manual", _DEFAULT_PAUSE_MESSAGE)
     return ApiError(503, "resource_paused", message, {"charged": False}, headers=headers)
@@ -99,7 +99,7 @@ def _paused(resource: Resource) -> ApiError:
 _QUOTES_LIMIT = 4096
 
 
-def _quote(rt: Runtime, gateway: PaymentGateway, resource: Resource) -> Quote:
+def _quote(rt: Runtime, gateway: PaymentGateway, resource: AnyResource) -> Quote:
     pay_to = resource.pay_to or resource.owner.payout_address
     if not pay_to:
         raise ApiError(503, "resource_unavailable", _DEFAULT_PAUSE_MESSAGE, {"charged": False})
@@ -288,7 +288,7 @@ class Hold:
     transferred: bool = False  # a long run's job releases it
 
 
-async def _hold_budget(rt: Runtime, resource: Resource, limits: budgets.LimitsView, worst) -> Hold | None:
+async def _hold_budget(rt: Runtime, resource: AnyResource, limits: budgets.LimitsView, worst) -> Hold | None:
     if limits.daily_budget_pusd is None:
         return None
     pusd = budgets.to_pusd(worst)

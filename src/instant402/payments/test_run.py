@@ -15,14 +15,14 @@ from instant402.execution.runner import run_resource
 from instant402.keys.service import KeyUnavailable, count_decryption, open_key_for_upstream
 from instant402.payments.paid_call import outcome_fields, payment_timeout_seconds, success_body
 from instant402.resources.params import validate_input
-from instant402.resources.service import get_own
+from instant402.resources.service import get_own_row
 from instant402.runtime import Runtime
 from instant402.usage.models import UsageKind, UsageStatus, add_usage
 from instant402.usage.service import usd_from_atomic
 
 
 async def run_owner_test(rt: Runtime, db: AsyncSession, user: User, resource_id: int, body: Any) -> dict[str, Any]:
-    resource = await get_own(db, user, resource_id, related=False)
+    resource = await get_own_row(db, user, resource_id)
     if resource.status == "archived":
         raise ApiError(409, "resource_archived", "Archived resources cannot be run.")
     values = validate_input(resource, body)

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from sqlalchemy import String, bindparam, case, cast, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import contains_eager, raiseload
+from sqlalchemy.orm import contains_eager
 
 from instant402.accounts.models import User
 from instant402.catalog.models import CatalogModel
@@ -18,7 +18,7 @@ from instant402.db.sqlite_loop import quick_read
 from instant402.errors import ApiError, field_error, not_found
 from instant402.resources import lifecycle
 from instant402.resources.estimate import CostEstimate, estimate_cost
-from instant402.resources.models import Resource
+from instant402.resources.models import CallOwner, Resource, ResourceRow
 from instant402.resources.params import build_messages, validate_input
 from instant402.resources.schemas import input_schema
 from instant402.resources.validation import (
@@ -137,19 +137,26 @@ async def create_resource(db: AsyncSession, settings: Settings, user: User, body
 
 
 _OWN = quick_read(select(Resource)).where(Resource.id == bindparam("rid"), Resource.owner_id == bindparam("uid"))
-# Without the owner and catalog rows (a run needs neither): touching them raises instead of querying.
-_OWN_BARE = _OWN.options(raiseload(Resource.owner), raiseload(Resource.model))
+_resources = Resource.__table__
+_OWN_ROW = quick_read(select(_resources)).where(
+    _resources.c.id == bindparam("rid"), _resources.c.owner_id == bindparam("uid")
+)
 
 
-async def get_own(db: AsyncSession, user: User, resource_id: int, *, related: bool = True) -> Resource:
-    """The creator's resource; someone else's is as absent as a missing one (404).
-
-    ``related=False`` leaves ``owner`` and ``model`` unloaded (the owner's test run reads neither)."""
-    query = _OWN if related else _OWN_BARE
-    resource = (await db.execute(query, {"rid": resource_id, "uid": user.id})).unique().scalar_one_or_none()
+async def get_own(db: AsyncSession, user: User, resource_id: int) -> Resource:
+    """The creator's resource; someone else's is as absent as a missing one (404)."""
+    resource = (await db.execute(_OWN, {"rid": resource_id, "uid": user.id})).unique().scalar_one_or_none()
     if resource is None:
         raise not_found("resource")
     return resource
+
+
+async def get_own_row(db: AsyncSession, user: User, resource_id: int) -> ResourceRow:
+    """``get_own`` as plain values, without the owner and the catalog row (the owner's test run reads neither)."""
+    row = (await (await db.connection()).execute(_OWN_ROW, {"rid": resource_id, "uid": user.id})).first()
+    if row is None:
+        raise not_found("resource")
+    return ResourceRow(**row._mapping)
 
 
 async def list_own(db: AsyncSession, user: User) -> list[Resource]:
@@ -441,24 +448,25 @@ async def _by_address(db: AsyncSession, query, creator: str, slug: str) -> Resou
 
 # The paid route's lookup: the owner's name and payout address come with the resource, the catalog row does not (the
 # call's cost check keeps its own short cache of model prices).
+_users = User.__table__
 _FOR_CALL = (
-    quick_read(select(Resource))
-    .join(Resource.owner)
-    .options(contains_eager(Resource.owner).load_only(User.username, User.payout_address), raiseload(Resource.model))
+    quick_read(select(_resources, _users.c.username.label("owner_username"), _users.c.payout_address))
+    .join(_users, _users.c.id == _resources.c.owner_id)
     .where(
-        User.username == bindparam("creator"), Resource.slug == bindparam("slug"), Resource.status.in_(PUBLIC_STATUSES)
+        _users.c.username == bindparam("creator"),
+        _resources.c.slug == bindparam("slug"),
+        _resources.c.status.in_(PUBLIC_STATUSES),
     )
 )
 
 
-async def get_for_call(db: AsyncSession, creator: str, slug: str) -> Resource:
-    """``get_public`` for a call: the same resource (404 otherwise), with ``owner`` partly and ``model`` not loaded."""
-    return await _by_address(db, _FOR_CALL, creator, slug)
-
-
-async def resolve_published(db: AsyncSession, creator: str, slug: str) -> Resource | None:
-    """The paid route's lookup: one query, the owner and the model loaded with it; None unless published."""
-    query = quick_read(_public_query()).where(
-        User.username == creator, Resource.slug == slug, Resource.status == "published"
-    )
-    return (await db.execute(query)).unique().scalar_one_or_none()
+async def get_for_call(db: AsyncSession, creator: str, slug: str) -> ResourceRow:
+    """``get_public`` for a call, as plain values: the same resource (404 otherwise), its owner's name and payout
+    address, no catalog row."""
+    params = {"creator": creator.lower(), "slug": slug}
+    row = (await (await db.connection()).execute(_FOR_CALL, params)).first()
+    if row is None:
+        raise not_found("resource")
+    values = dict(row._mapping)
+    owner = CallOwner(values.pop("owner_username"), values.pop("payout_address"))
+    return ResourceRow(**values, owner=owner)
