@@ -66,6 +66,7 @@ class Quote:
     url: str
     requirements: Any
     extensions: dict[str, Any]
+    first_answer: tuple[str, dict[str, Any]]  # the 402 before any payment: header value and body, built once
 
 
 def _json_error(err: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -111,16 +112,23 @@ def _quote(rt: Runtime, gateway: PaymentGateway, resource: AnyResource) -> Quote
         requirements = gateway.requirements(resource.price_atomic, pay_to, timeout)
         output = output_description(resource)
         extensions = gateway.bazaar_extension(input_schema(resource), {"schema": output.get("schema") or output})
+        first = _answer(gateway, resource, url, requirements, extensions, None)
         if len(rt.quotes) >= _QUOTES_LIMIT:
             rt.quotes.clear()
-        cached = rt.quotes[key] = (url, requirements, extensions)
+        cached = rt.quotes[key] = (url, requirements, extensions, first)
     return Quote(resource, *cached)
 
 
+def _answer(gateway: PaymentGateway, r: AnyResource, url: str, requirements, extensions, reason: str | None):
+    description = r.description or r.name
+    return gateway.payment_required_answer(url, description, "application/json", requirements, extensions, reason)
+
+
 def _payment_required(gateway: PaymentGateway, quote: Quote, reason: str | None, message: str) -> JSONResponse:
-    r = quote.resource
-    args = (quote.url, r.description or r.name, "application/json", quote.requirements, quote.extensions, reason)
-    header, body = gateway.payment_required_answer(*args)
+    if reason is None:
+        header, body = quote.first_answer
+    else:
+        header, body = _answer(gateway, quote.resource, quote.url, quote.requirements, quote.extensions, reason)
     details = {"x402": body, "charged": False}
     code = "payment_required" if reason is None else "payment_invalid"
     return JSONResponse(error_body(code, message, details), status_code=402, headers={"PAYMENT-REQUIRED": header})
