@@ -252,6 +252,12 @@ async def test_owner_test_run_is_free_and_recorded_as_a_test(market, catalog):
     other = market.seller()
     r = market.http.post(f"/api/v1/me/resources/{res['id']}/test", json={"topic": "x"}, headers=other.headers)
     assert r.status_code == 404
+    # No caller, or a token that is not one: 401, nothing run or recorded.
+    for headers in ({}, {"Authorization": "Bearer i402_not-a-token"}, {"Authorization": "Basic abc"}):
+        r = market.http.post(f"/api/v1/me/resources/{res['id']}/test", json={"topic": "x"}, headers=headers)
+        assert r.status_code == 401, r.text
+    rows = market.http.get("/api/v1/me/usage", params={"kind": "test"}, headers=seller.headers).json()["items"]
+    assert len(rows) == 1
 
 
 async def test_earnings_show_in_stats(market, catalog, buyer):

@@ -5,15 +5,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, Request
+from fastapi import APIRouter, Body, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.convertors import StringConvertor, register_url_convertor
 
 from instant402.accounts.auth import current_user
-from instant402.accounts.models import User
 from instant402.accounts.validation import RESERVED_USERNAMES
-from instant402.deps import get_db
 from instant402.execution.limits import OverCapacity
 from instant402.payments.paid_call import handle_paid_call
 from instant402.payments.test_run import run_owner_test
@@ -45,17 +42,14 @@ async def paid_call(creator: str, slug: str, request: Request):
 @test_run_router.post(
     "/api/v1/me/resources/{resource_id}/test", summary="Run your own resource without paying (a test)"
 )
-async def owner_test_run(
-    request: Request,
-    resource_id: int,
-    body: Any = Body(default=None),
-    user: User = Depends(current_user),
-    db: AsyncSession = Depends(get_db),
-):
-    try:
-        # Plain JSON types already: skip FastAPI's generic encoder on this hot path.
-        return JSONResponse(
-            await run_owner_test(request.app.state.runtime, db, user, resource_id, {} if body is None else body)
-        )
-    except OverCapacity as exc:
-        raise exc.to_api_error() from None
+async def owner_test_run(request: Request, resource_id: int, body: Any = Body(default=None)):
+    rt = request.app.state.runtime
+    # The session and the caller come from the same functions as elsewhere, called here rather than through
+    # dependency injection, which costs ~0.2 ms of CPU per call on this hot path.
+    async with rt.db.sessions() as db:
+        user = await current_user(request, db)
+        try:
+            # Plain JSON types already: skip FastAPI's generic encoder.
+            return JSONResponse(await run_owner_test(rt, db, user, resource_id, {} if body is None else body))
+        except OverCapacity as exc:
+            raise exc.to_api_error() from None
