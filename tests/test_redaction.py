@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 import secrets
+import time
 
 import httpx
 import pytest
 
 from instant402.config import Mode, Settings
+from instant402.execution.errors import UpstreamFailure
+from instant402.execution.upstream import CompletionRequest, Upstream
 from instant402.keys.redaction import RedactingFilter, redact
 from instant402.logs import configure_logging
 
@@ -79,6 +83,16 @@ def test_filter_masks_message_args_traceback_and_stack():
     assert key not in broken.getMessage()
 
 
+async def _refused_upstream_call(settings: Settings, key: str) -> None:
+    upstream = Upstream(settings)
+    try:
+        request = CompletionRequest(model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        with pytest.raises(UpstreamFailure):
+            await upstream.complete(request, key, time.time() + 10)
+    finally:
+        await upstream.aclose()
+
+
 @pytest.mark.parametrize("mode", [Mode.production, Mode.sandbox])
 def test_configure_logging_masks_every_line(restore_logging, tmp_path, emulator, mode):
     key = new_key()
@@ -96,6 +110,9 @@ def test_configure_logging_masks_every_line(restore_logging, tmp_path, emulator,
     # A real httpx request at DEBUG (httpx and httpcore log every step), answered 401 by the emulator.
     with httpx.Client() as client:
         assert client.get(f"{emulator.base_url}/key", headers={"Authorization": f"Bearer {key}"}).status_code == 401
+    # An upstream call the way runs make it: the key in the call's own headers, the openai SDK logging its options.
+    asyncio.run(_refused_upstream_call(settings.model_copy(update={"openrouter_base_url": emulator.base_url}), key))
+    assert "openai._base_client" in stream.getvalue()  # the SDK logged its steps
     out = stream.getvalue()
     assert key not in out and key[9:] not in out
     assert out.count("[redacted]") >= 3
