@@ -40,6 +40,17 @@ class CountingQueue:
         return [getattr(getattr(function, "func", function), "__name__", "") for _, function in self.handed_over]
 
 
+class Ticks:
+    """Counts turns of the event loop: a loop blocked by a waiting statement stops counting."""
+
+    count = 0
+
+    async def run(self):
+        while True:
+            self.count += 1
+            await asyncio.sleep(0.01)
+
+
 def _count_handovers(conn) -> CountingQueue:
     driver = _driver(conn)
     driver._tx = queue = CountingQueue(driver._tx)  # what is handed to aiosqlite's thread
@@ -81,19 +92,12 @@ async def test_quick_read_does_not_wait_for_a_writer_and_a_waiting_writer_does_n
             # A reader sees the last committed state at once (WAL), on the loop.
             assert (await other.execute(QUICK, {"item_id": 3})).first() is None
 
-            ticks = 0
-
-            async def ticker():
-                nonlocal ticks
-                while True:
-                    ticks += 1
-                    await asyncio.sleep(0.01)
-
-            ticking = asyncio.create_task(ticker())
+            ticks = Ticks()
+            ticking = asyncio.create_task(ticks.run())
             second = asyncio.create_task(other.execute(insert(items).values(id=4, name="four")))
             await asyncio.sleep(0.3)
             assert not second.done()  # waiting for the lock, in aiosqlite's thread ...
-            assert ticks >= 10  # ... while the loop keeps serving
+            assert ticks.count >= 10  # ... while the loop keeps serving
             await writer.commit()
             await asyncio.wait_for(second, 10)
             await other.commit()
@@ -127,18 +131,11 @@ async def test_a_quick_write_waits_on_the_thread_while_another_writer_holds_the_
         async with db.engine.connect() as holder, db.engine.connect() as conn:
             await holder.execute(insert(items).values(id=20, name="twenty"))  # holds the write lock, uncommitted
             handed_over = _count_handovers(conn).handed_over
-            ticks = 0
-
-            async def ticker():
-                nonlocal ticks
-                while True:
-                    ticks += 1
-                    await asyncio.sleep(0.01)
-
-            ticking = asyncio.create_task(ticker())
+            ticks = Ticks()
+            ticking = asyncio.create_task(ticks.run())
             waiting = asyncio.create_task(conn.execute(QUICK_INSERT, {"id": 21, "name": "twenty-one"}))
             await asyncio.sleep(0.3)
-            assert not waiting.done() and ticks >= 10  # waiting for the lock, and not on the loop
+            assert not waiting.done() and ticks.count >= 10  # waiting for the lock, and not on the loop
             await holder.commit()
             await asyncio.wait_for(waiting, 10)
             await conn.commit()
