@@ -84,7 +84,10 @@ async def test_marked_reads_skip_the_thread_and_others_do_not(tmp_path):
         await db.dispose()
 
 
-async def test_quick_read_does_not_wait_for_a_writer_and_a_waiting_writer_does_not_block_the_loop(tmp_path):
+@pytest.mark.parametrize("second_write", [insert(items), QUICK_INSERT], ids=["unmarked", "quick"])
+async def test_quick_read_does_not_wait_for_a_writer_and_a_waiting_writer_does_not_block_the_loop(
+    tmp_path, second_write
+):
     db = await _database(tmp_path)
     try:
         async with db.engine.connect() as writer, db.engine.connect() as other:
@@ -92,9 +95,10 @@ async def test_quick_read_does_not_wait_for_a_writer_and_a_waiting_writer_does_n
             # A reader sees the last committed state at once (WAL), on the loop.
             assert (await other.execute(QUICK, {"item_id": 3})).first() is None
 
+            handed_over = _count_handovers(other).handed_over
             ticks = Ticks()
             ticking = asyncio.create_task(ticks.run())
-            second = asyncio.create_task(other.execute(insert(items).values(id=4, name="four")))
+            second = asyncio.create_task(other.execute(second_write, {"id": 4, "name": "four"}))
             await asyncio.sleep(0.3)
             assert not second.done()  # waiting for the lock, in aiosqlite's thread ...
             assert ticks.count >= 10  # ... while the loop keeps serving
@@ -102,6 +106,7 @@ async def test_quick_read_does_not_wait_for_a_writer_and_a_waiting_writer_does_n
             await asyncio.wait_for(second, 10)
             await other.commit()
             ticking.cancel()
+            assert len(handed_over) >= 2  # the statement and its commit went to the thread
             assert (await other.execute(QUICK, {"item_id": 4})).scalar_one() == "four"
     finally:
         await db.dispose()
@@ -121,27 +126,6 @@ async def test_a_quick_write_transaction_that_gets_the_lock_runs_on_the_loop(tmp
             assert (await reader.execute(QUICK, {"item_id": 10})).scalar_one() == "ten"
             assert (await reader.execute(QUICK, {"item_id": 1})).scalar_one() == "uno"
             assert (await reader.execute(QUICK, {"item_id": 11})).scalar_one() == "eleven"
-    finally:
-        await db.dispose()
-
-
-async def test_a_quick_write_waits_on_the_thread_while_another_writer_holds_the_lock(tmp_path):
-    db = await _database(tmp_path)
-    try:
-        async with db.engine.connect() as holder, db.engine.connect() as conn:
-            await holder.execute(insert(items).values(id=20, name="twenty"))  # holds the write lock, uncommitted
-            handed_over = _count_handovers(conn).handed_over
-            ticks = Ticks()
-            ticking = asyncio.create_task(ticks.run())
-            waiting = asyncio.create_task(conn.execute(QUICK_INSERT, {"id": 21, "name": "twenty-one"}))
-            await asyncio.sleep(0.3)
-            assert not waiting.done() and ticks.count >= 10  # waiting for the lock, and not on the loop
-            await holder.commit()
-            await asyncio.wait_for(waiting, 10)
-            await conn.commit()
-            ticking.cancel()
-            assert len(handed_over) >= 2  # the statement and its commit went to the thread
-            assert (await holder.execute(QUICK, {"item_id": 21})).scalar_one() == "twenty-one"
     finally:
         await db.dispose()
 

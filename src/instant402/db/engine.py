@@ -10,18 +10,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from instant402.config import Settings
 from instant402.db import sqlite_loop
 
-BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for SQLite's write lock
-
 
 def make_engine(settings: Settings) -> AsyncEngine:
     url = settings.resolved_database_url
     if url.startswith("sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         path = make_url(url).database
+        wait_seconds = sqlite_loop.BUSY_TIMEOUT_MS / 1000
         if path and path != ":memory:":
-            engine = create_async_engine(url, async_creator=partial(sqlite_loop.connect, path, timeout=30))
+            engine = create_async_engine(url, async_creator=partial(sqlite_loop.connect, path, timeout=wait_seconds))
         else:
-            engine = create_async_engine(url, connect_args={"timeout": 30})
+            engine = create_async_engine(url, connect_args={"timeout": wait_seconds})
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):
@@ -31,11 +30,10 @@ def make_engine(settings: Settings) -> AsyncEngine:
             driver_conn = dbapi_conn.driver_connection
             if isinstance(driver_conn, sqlite_loop.LoopReadsConnection):
                 driver_conn.wal = cur.fetchone()[0] == "wal"  # quick statements may skip the thread only in WAL mode
-                driver_conn.busy_timeout_ms = BUSY_TIMEOUT_MS
                 # Checkpoints copy the log into the database and fsync it: the connection runs them on its thread.
                 cur.execute("PRAGMA wal_autocheckpoint=0")
             cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            cur.execute(f"PRAGMA busy_timeout={sqlite_loop.BUSY_TIMEOUT_MS}")
             # Reads straight from the mapped file, not copied through the page cache: text searches scan ~25% faster.
             cur.execute("PRAGMA mmap_size=268435456")
             cur.close()

@@ -28,6 +28,7 @@ import aiosqlite
 QUICK = "/*quick*/"
 _QUICK_READ = "SELECT " + QUICK
 _QUICK_WRITES = ("INSERT " + QUICK, "UPDATE " + QUICK, "DELETE " + QUICK)
+BUSY_TIMEOUT_MS = 30_000  # how long a statement on the thread waits for the write lock
 CHECKPOINT_EVERY = 100  # commits per passive checkpoint (SQLite's own default is every 1,000 pages of log)
 
 
@@ -45,7 +46,6 @@ class LoopReadsConnection(aiosqlite.Connection):
     """An aiosqlite connection that runs calls which cannot block inline (see the module's docstring)."""
 
     wal = False  # set once the connection is known to be in WAL mode (see engine's connect hook)
-    busy_timeout_ms = 30_000  # how long a statement on the thread waits for the write lock (set by the connect hook)
     _last_inline = False  # whether the statement being fetched ran inline
     _locked_inline = False  # whether this connection's open transaction took the write lock on the loop
     _commits = 0  # commits since the last checkpoint, in this process
@@ -96,7 +96,7 @@ class LoopReadsConnection(aiosqlite.Connection):
         except sqlite3.OperationalError:  # "database is locked": another writer has it, wait on the thread
             return False
         finally:
-            conn.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         self._locked_inline = True
         return True
 
