@@ -112,7 +112,7 @@ def serve_chain(port: int, buyers: int) -> None:
     from starlette.applications import Starlette
     from starlette.routing import Mount
 
-    from instant402.payments.devnet import Devnet, build_facilitator, facilitator_app, rpc_app
+    from instant402.devnet import Devnet, build_facilitator, facilitator_app, rpc_app
 
     devnet = Devnet.start(buyers=buyers)
     facilitator = build_facilitator(devnet)
@@ -305,7 +305,7 @@ async def run_one_process(calls: int, concurrency: int, postgres_url: str | None
     from instant402.config import Mode, Settings
     from instant402.db import Database
     from instant402.db.migrate import upgrade
-    from instant402.payments.devnet import Devnet, build_facilitator
+    from instant402.devnet import Devnet, build_facilitator
 
     devnet = Devnet.start(buyers=concurrency)
     facilitator = build_facilitator(devnet)
@@ -356,7 +356,7 @@ def cpu_by_package(stats, calls: int) -> None:
         path = stat.module or ""
         if path.startswith(SRC):
             part = path[len(SRC) + 1 :]
-            stand_in = part.startswith(("emulator/", "payments/devnet/"))
+            stand_in = part.startswith(("emulator/", "devnet/"))
             groups["instant402 stand-ins (emulator, devnet)" if stand_in else "instant402 (own code)"] += stat.tsub
         elif "site-packages/" in path:
             groups[path.split("site-packages/")[1].split("/")[0]] += stat.tsub

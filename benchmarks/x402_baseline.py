@@ -25,8 +25,8 @@ from tests.support.servers import serve_in_thread
 from tests.support.x402 import sdk_middleware_app
 from x402.http import FacilitatorConfig, HTTPFacilitatorClient
 
+from instant402.devnet import Devnet, build_facilitator, facilitator_app
 from instant402.payments.buyer import make_buyer_client, pay_url
-from instant402.payments.devnet import Devnet, build_facilitator, facilitator_app
 
 PRICE = 10_000  # 0.01 USDC
 

@@ -171,7 +171,7 @@ def emulator(emulator_server):
 @pytest.fixture(scope="session")
 def devnet(tmp_path_factory):
     """One local chain for the run (USDC-like token, funded buyers); tests use fresh payees and balance deltas."""
-    from instant402.payments.devnet import Devnet
+    from instant402.devnet import Devnet
 
     return Devnet.start(data_dir=tmp_path_factory.mktemp("devnet"), buyers=4)
 
@@ -179,6 +179,6 @@ def devnet(tmp_path_factory):
 @pytest.fixture(scope="session")
 def devnet_facilitator(devnet):
     """The SDK facilitator bound to the devnet, in process."""
-    from instant402.payments.devnet import build_facilitator
+    from instant402.devnet import build_facilitator
 
     return build_facilitator(devnet)

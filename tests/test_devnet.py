@@ -8,8 +8,8 @@ from x402.http import FacilitatorConfig, HTTPFacilitatorClient
 from x402.mechanisms.evm.constants import ERR_NONCE_ALREADY_USED
 from x402.schemas import PaymentRequirements
 
-from instant402.payments.devnet import Devnet, facilitator_app, rpc_app
-from instant402.payments.devnet.chain import TOKEN_SOURCE
+from instant402.devnet import Devnet, facilitator_app, rpc_app
+from instant402.devnet.chain import TOKEN_SOURCE
 from tests.support.servers import serve_in_thread
 from tests.support.x402 import sign_payment
 

@@ -223,7 +223,7 @@ async def test_worker_mode_queues_and_separate_workers_claim_each_job_once(open_
             await worker_rt.db.dispose()
 
         # A separate worker (its own runtime and database pool, as `instant402 worker` builds) runs them.
-        from instant402.payments.devnet import build_facilitator
+        from instant402.devnet import build_facilitator
 
         worker_rt = Runtime(
             market.settings,

@@ -13,8 +13,8 @@ import pytest
 from x402.http import x402HTTPClient
 
 from instant402.catalog.sync import sync_catalog
+from instant402.devnet import facilitator_app
 from instant402.payments.buyer import make_buyer_client, read_payment_required
-from instant402.payments.devnet import facilitator_app
 from tests.support.market import Market
 from tests.support.servers import free_port, serve_in_thread
 

@@ -15,7 +15,7 @@ from x402.mechanisms.evm.types import ExactEIP3009Authorization, ExactEIP3009Pay
 from x402.mechanisms.evm.utils import create_nonce
 
 from instant402.config import Settings
-from instant402.payments.devnet import facilitator_app
+from instant402.devnet import facilitator_app
 from instant402.payments.gateway import PaymentConfigError, PaymentError, PaymentGateway
 from tests.support.servers import serve_in_thread
 from tests.support.x402 import sign_payment

@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 from x402.http import FacilitatorConfig, HTTPFacilitatorClient, decode_payment_required_header
 
+from instant402.devnet import facilitator_app
 from instant402.payments.buyer import pay_url
-from instant402.payments.devnet import facilitator_app
 from tests.support.servers import serve_in_thread
 from tests.support.x402 import buyer_client, sdk_middleware_app
 

@@ -12,8 +12,8 @@ from starlette.convertors import StringConvertor, register_url_convertor
 from instant402.accounts.auth import current_user
 from instant402.accounts.validation import RESERVED_USERNAMES
 from instant402.execution.limits import OverCapacity
+from instant402.payments.owner_run import run_owner_test
 from instant402.payments.paid_call import handle_paid_call
-from instant402.payments.test_run import run_owner_test
 
 
 class CreatorConvertor(StringConvertor):

@@ -146,9 +146,9 @@ def write_manifest(path: Path, settings: Settings, ports: Ports, devnet, demo) -
 
 def run_sandbox(port: int, data_dir: Path) -> None:
     from instant402.app import create_app
+    from instant402.devnet import Devnet, build_facilitator, facilitator_app, rpc_app
     from instant402.emulator.app import create_emulator_app
     from instant402.logs import configure_logging
-    from instant402.payments.devnet import Devnet, build_facilitator, facilitator_app, rpc_app
     from instant402.sandbox.demo import sandbox_openrouter_key
 
     ports = Ports.from_base(port)

@@ -14,8 +14,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from x402.schemas import PaymentPayload, PaymentRequirements
 
-from instant402.payments.devnet.chain import Devnet
-from instant402.payments.devnet.facilitator import LocalFacilitator
+from instant402.devnet.chain import Devnet
+from instant402.devnet.facilitator import LocalFacilitator
 
 log = logging.getLogger(__name__)
 

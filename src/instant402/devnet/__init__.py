@@ -1,8 +1,8 @@
 """The local devnet: an in-process EVM chain with a USDC-like token, an SDK facilitator, and their HTTP apps."""
 
-from instant402.payments.devnet.apps import facilitator_app, rpc_app
-from instant402.payments.devnet.chain import Devnet, DevnetAccount, TransferEvent
-from instant402.payments.devnet.facilitator import LocalFacilitator, build_facilitator
+from instant402.devnet.apps import facilitator_app, rpc_app
+from instant402.devnet.chain import Devnet, DevnetAccount, TransferEvent
+from instant402.devnet.facilitator import LocalFacilitator, build_facilitator
 
 __all__ = [
     "Devnet",

@@ -19,7 +19,7 @@ from x402.mechanisms.evm.exact import ExactEvmFacilitatorScheme, ExactEvmSchemeC
 from x402.mechanisms.evm.signers import FacilitatorWeb3Signer
 from x402.schemas import PaymentPayload, PaymentRequirements, SettleResponse, SupportedResponse, VerifyResponse
 
-from instant402.payments.devnet.chain import Devnet
+from instant402.devnet.chain import Devnet
 
 log = logging.getLogger(__name__)
 
