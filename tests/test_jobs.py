@@ -16,10 +16,10 @@ from instant402.db import Database
 from instant402.db.base import utcnow
 from instant402.execution import jobs
 from instant402.execution.models import Job
-from instant402.execution.worker import JobRunner
 from instant402.keys.vault import load_vault
 from instant402.payments.buyer import make_buyer_client, pay_url
 from instant402.runtime import Runtime
+from instant402.sales.worker import JobRunner
 from tests.support.market import live_market
 
 IMAGE_MODEL = "google/gemini-2.5-flash-image"

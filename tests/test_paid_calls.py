@@ -301,7 +301,7 @@ async def test_debug_logs_hold_no_key_and_no_system_prompt(market, catalog, buye
 
 
 async def test_a_failing_record_after_settlement_still_delivers(market, catalog, buyer, monkeypatch):
-    from instant402.payments import paid_call
+    from instant402.sales import core as paid_call
 
     real = paid_call.finish_usage
 

@@ -20,10 +20,11 @@ from instant402.health import router as health_router
 from instant402.keys.routes import router as keys_router
 from instant402.keys.vault import load_vault
 from instant402.logs import configure_logging
-from instant402.payments.routes import router as payments_router
-from instant402.payments.routes import test_run_router
 from instant402.resources.routes import router as resources_router
 from instant402.runtime import Runtime
+from instant402.sales.routes import router as payments_router
+from instant402.sales.routes import test_run_router
+from instant402.sales.worker import start_embedded
 from instant402.usage.routes import router as usage_router
 from instant402.web import mount_web
 
@@ -38,7 +39,7 @@ def create_app(settings: Settings | None = None, *, facilitator: Any = None) -> 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        await app.state.runtime.start()  # background work: the embedded job runner
+        await start_embedded(app.state.runtime)  # background work: the embedded job runner
         start_catalog_sync(app)  # first sync when the catalog is empty, then daily (off in tests)
         yield
         await stop_catalog_sync(app)

@@ -10,7 +10,7 @@ from typing import Any
 
 from instant402.config import Settings
 from instant402.db import Database
-from instant402.execution.budgets import LimitsCache
+from instant402.execution.creator_limits import LimitsCache
 from instant402.execution.limits import Limits, create_limits
 from instant402.execution.upstream import Upstream
 from instant402.keys.vault import Vault
@@ -26,19 +26,11 @@ class Runtime:
         self.media = self.upstream.media
         self.limits: Limits = create_limits(settings)
         self.gateway = PaymentGateway.from_settings(settings, facilitator)
-        self.quotes: dict[tuple, tuple] = {}  # paid_call's 402 quotes, per resource version
+        self.quotes: dict[tuple, tuple] = {}  # the sale's 402 quotes, per resource version
         self._gateway_started = False
         self._gateway_lock: asyncio.Lock | None = None
         self.creator_limits = LimitsCache(settings.creator_limits_cache_seconds)
-        self.jobs: Any = None  # the embedded JobRunner, when this process runs jobs
-
-    async def start(self) -> None:
-        """Background work of a server process: the embedded job runner (INSTANT402_JOB_MODE=embedded)."""
-        if self.settings.job_mode == "embedded" and self.jobs is None:
-            from instant402.execution.worker import JobRunner
-
-            self.jobs = JobRunner(self)
-            await self.jobs.start()
+        self.jobs: Any = None  # the embedded JobRunner (sales.worker), when this process runs jobs
 
     def wake_jobs(self) -> None:
         if self.jobs is not None:

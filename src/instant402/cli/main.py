@@ -47,7 +47,7 @@ def serve(
 @app.command()
 def worker():
     """Run long-run jobs from the database queue (with INSTANT402_JOB_MODE=worker on the servers)."""
-    from instant402.execution.worker import run_worker
+    from instant402.sales.worker import run_worker
 
     settings = load_settings()
     require_vault(settings)

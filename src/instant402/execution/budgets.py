@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,7 @@ from instant402.catalog.models import CatalogModel
 from instant402.db.base import utcnow
 from instant402.errors import ApiError
 from instant402.execution import notify
+from instant402.execution.creator_limits import LimitsView
 from instant402.execution.models import CreatorLimits
 from instant402.resources.estimate import worst_case_cost, worst_prompt_tokens
 from instant402.resources.lifecycle import pause_creator_resources, resume_creator_resources
@@ -65,48 +65,6 @@ def next_reset(now: datetime | None = None) -> datetime:
 def seconds_to_reset(now: datetime | None = None) -> int:
     now = now or utcnow()
     return max(1, math.ceil((next_reset(now) - now).total_seconds()))
-
-
-@dataclass(frozen=True, slots=True)
-class LimitsView:
-    """A creator's limits as the hot path needs them (defaults when the creator never set any)."""
-
-    per_call_cap_usd: Decimal | None = None
-    daily_budget_pusd: int | None = None
-    webhook_url: str | None = None
-
-
-DEFAULT_LIMITS = LimitsView()
-
-
-class LimitsCache:
-    """Per-process copy of creators' limits for ``ttl`` seconds; the limits API invalidates its own process."""
-
-    def __init__(self, ttl: float):
-        self.ttl = ttl
-        self._items: dict[int, tuple[float, LimitsView]] = {}
-
-    async def get(self, rt: Runtime, user_id: int) -> LimitsView:
-        hit = self._items.get(user_id)
-        now = time.monotonic()
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        async with rt.db.sessions() as db:
-            row = await db.get(CreatorLimits, user_id)
-            view = view_of(row)
-        if len(self._items) > 10_000:
-            self._items.clear()
-        self._items[user_id] = (now + self.ttl, view)
-        return view
-
-    def invalidate(self, user_id: int) -> None:
-        self._items.pop(user_id, None)
-
-
-def view_of(row: CreatorLimits | None) -> LimitsView:
-    if row is None:
-        return DEFAULT_LIMITS
-    return LimitsView(row.per_call_cap_usd, row.daily_budget_pusd, row.webhook_url)
 
 
 # --- worst case of one call ----------------------------------------------------------------------------------------
@@ -169,7 +127,7 @@ def cap_for(resource: AnyResource, limits: LimitsView) -> Decimal:
 
 async def check_call_cost(rt: Runtime, resource: AnyResource, values: dict[str, Any]) -> tuple[LimitsView, Decimal]:
     """Refuse (503, nothing charged) a call whose worst case is above the cap; returns the limits and worst case."""
-    limits = await rt.creator_limits.get(rt, resource.owner_id)
+    limits = await rt.creator_limits.get(rt.db, resource.owner_id)
     worst = await worst_case_for_call(rt, resource, values)
     cap = cap_for(resource, limits)
     if worst > cap:

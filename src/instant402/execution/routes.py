@@ -15,6 +15,7 @@ from instant402.db.base import utcnow
 from instant402.deps import get_db
 from instant402.errors import ApiError, not_found
 from instant402.execution import budgets, jobs, notify
+from instant402.execution.creator_limits import view_of
 from instant402.execution.media import EXTENSIONS, LocalMediaStore, MediaStore, local_media_store, parse_media_name
 from instant402.execution.models import CreatorLimits, Notification
 
@@ -93,7 +94,7 @@ def _usd_field(name: str, value: str | None, errors: dict[str, str]) -> Decimal 
 
 async def _limits_out(rt, db: AsyncSession, user_id: int) -> dict:
     row = await db.get(CreatorLimits, user_id)
-    view = budgets.view_of(row)
+    view = view_of(row)
     today = utcnow().date()
     used = row.budget_used_pusd if row is not None and row.budget_day == today else 0
     return {

@@ -14,16 +14,21 @@ import os
 import secrets
 import socket
 import time
-from typing import TYPE_CHECKING
 
 from instant402.execution import budgets, jobs
-
-if TYPE_CHECKING:
-    from instant402.runtime import Runtime
+from instant402.runtime import Runtime
+from instant402.sales import long_runs
 
 log = logging.getLogger(__name__)
 
 BUDGET_SWEEP_SECONDS = 60.0
+
+
+async def start_embedded(rt: Runtime) -> None:
+    """A server process's background job runner (INSTANT402_JOB_MODE=embedded); ``rt.aclose`` stops it."""
+    if rt.settings.job_mode == "embedded" and rt.jobs is None:
+        rt.jobs = JobRunner(rt)
+        await rt.jobs.start()
 
 
 class JobRunner:
@@ -97,9 +102,9 @@ class JobRunner:
     async def _run(self, job_id: int) -> None:
         beat = asyncio.get_running_loop().create_task(self._beat(job_id))
         try:
-            state = await jobs.execute(self.rt, job_id, self.id, self._settling)
+            state = await long_runs.execute(self.rt, job_id, self.id, self._settling)
             log.info("job %s %s", job_id, state)
-        except jobs.Requeue:
+        except long_runs.Requeue:
             await jobs.requeue(self.rt, job_id, self.id)
         except asyncio.CancelledError:
             # Shutting down: another runner (or this server after a restart) picks it up.
@@ -126,7 +131,6 @@ def run_worker(settings) -> None:
 
     from instant402.db import Database
     from instant402.keys.vault import load_vault
-    from instant402.runtime import Runtime
 
     async def main() -> None:
         db = Database(settings)

@@ -13,10 +13,10 @@ from instant402.db.base import utcnow
 from instant402.errors import ApiError
 from instant402.execution.runner import run_resource
 from instant402.keys.service import KeyUnavailable, count_decryption, open_key_for_upstream
-from instant402.payments.paid_call import outcome_fields, payment_timeout_seconds, success_body
 from instant402.resources.params import validate_input
 from instant402.resources.service import get_own_row
 from instant402.runtime import Runtime
+from instant402.sales.core import outcome_fields, payment_timeout_seconds, success_body
 from instant402.usage.models import UsageKind, UsageStatus, add_usage
 from instant402.usage.service import usd_from_atomic
 

@@ -1,0 +1,493 @@
+"""The paid call, one sale from start to end, independent of the door it came through.
+
+Steps, in the order money needs them:
+
+1. ``prepare``: resolve the resource (404 unknown, 503 paused) → validate the buyer's input (422 before any payment
+   is asked for) → check the call's worst-case cost against the creator's per-call cap → quote (the x402
+   requirements and the Bazaar extension, built once per resource version).
+2. ``complete``, for a decoded payment: take an upstream slot and hold the worst case from today's budget → verify
+   the payment through the facilitator → claim it once in the database (a replay fails on a unique key, across
+   processes) → run the model with the creator's key → settle only when the run delivered → record the outcome.
+   A long run is claimed with a job instead and answered at once; the job runner finishes it with ``run_job``'s
+   settle and record steps (sales.long_runs).
+
+Inputs and outputs are plain values (the resource, the buyer's input, the decoded payment, an outcome). Doors turn
+their wire format into these and back; none of them touches a payment or a usage row directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import insert
+from sqlalchemy.exc import IntegrityError
+from x402.schemas import PaymentPayload, PaymentRequirements
+
+from instant402.db.base import utcnow
+from instant402.db.sqlite_loop import quick_write
+from instant402.errors import ApiError
+from instant402.execution import budgets, jobs
+from instant402.execution.creator_limits import LimitsView
+from instant402.execution.limits import OverCapacity, RateLimited
+from instant402.execution.models import Job
+from instant402.execution.runner import RunOutcome, run_resource
+from instant402.keys.service import KeyUnavailable, open_key_for_upstream
+from instant402.payments.gateway import PaymentGateway, SettleOutcome
+from instant402.payments.models import PaymentClaim
+from instant402.resources.models import AnyResource
+from instant402.resources.params import validate_input
+from instant402.resources.schemas import endpoint_url, input_schema, output_description
+from instant402.resources.service import get_for_call
+from instant402.runtime import Runtime
+from instant402.usage.models import UsageKind, UsageStatus, add_usage, update_usage
+
+log = logging.getLogger(__name__)
+
+# What buyers are told about a paused resource: never the creator's key, credit or budget details.
+_PAUSE_MESSAGES = {
+    "manual": "This resource is paused by its creator.",
+    "model_unavailable": "This resource's model is unavailable right now.",
+    "budget": "This resource has reached its daily limit; retry after the reset.",
+}
+_DEFAULT_PAUSE_MESSAGE = "This resource is temporarily unavailable; its creator has been notified."
+
+
+def payment_timeout_seconds(resource: AnyResource, ceiling: int) -> int:
+    """Validity to ask of the buyer's authorization: the longest legitimate run plus time to settle.
+
+    A generous 25 tokens/s for text, a minute more for images; never above the configured ceiling.
+    """
+    seconds = 45 + resource.max_tokens // 25 + (60 if resource.output_kind == "image" else 0)
+    return max(30, min(seconds, ceiling))
+
+
+# --- plain values in and out -------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Quote:
+    """What a buyer is asked to pay for one resource version, built once per process and version."""
+
+    resource: AnyResource
+    url: str
+    requirements: PaymentRequirements
+    extensions: dict[str, Any]
+    first_answer: tuple[str, dict[str, Any]]  # the 402 before any payment: header value and body
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A call that may be paid: its resource, the validated input (None for a bodyless probe) and its quote."""
+
+    quote: Quote
+    gateway: PaymentGateway
+    values: dict[str, Any] | None
+    limits: LimitsView | None = None
+    worst: Any = None
+
+    @property
+    def resource(self) -> AnyResource:
+        return self.quote.resource
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentRefused:
+    """No run: the payment cannot be used (``reason`` is a stable code). The buyer keeps their money."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """The run delivered and the payment settled: the success body (with its receipt) and the encoded
+    ``PAYMENT-RESPONSE`` value."""
+
+    body: dict[str, Any]
+    payment_response: str
+    settle: SettleOutcome | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """A long run bound to the payment as a job; the buyer polls ``job_url``."""
+
+    job_url: str
+    body: dict[str, Any]
+
+
+Outcome = PaymentRefused | Delivered | Queued
+
+
+# --- 1. prepare: resolve, validate, cost check, quote ------------------------------------------------------------
+
+
+async def prepare(rt: Runtime, creator: str, slug: str, body: Any, *, client_ip: str = "unknown") -> Prepared:
+    """Everything that happens before a payment is looked at. ``body`` None is a probe with no input: it gets the
+    quote (whose Bazaar extension carries the input schema) without validation. Raises ApiError."""
+    resource = await resolve(rt, creator, slug)
+    values = limits = worst = None
+    if body is not None:
+        values = validate_input(resource, body)
+        # The call's worst-case upstream cost within the creator's per-call cap, before any quote.
+        limits, worst = await budgets.check_call_cost(rt, resource, values)
+    try:
+        await rt.limits.check_ip(client_ip)
+    except RateLimited as exc:
+        raise exc.to_api_error() from None
+    gateway = await rt.payments()
+    return Prepared(quote(rt, gateway, resource), gateway, values, limits, worst)
+
+
+async def resolve(rt: Runtime, creator: str, slug: str) -> AnyResource:
+    async with rt.db.sessions() as db:
+        resource = await get_for_call(db, creator, slug)
+    # Lazy end of a budget pause once the day is over.
+    budget_paused = resource.status == "paused" and resource.pause_kind == budgets.BUDGET
+    if budget_paused and await budgets.lift_if_reset(rt, resource.owner_id):
+        async with rt.db.sessions() as db:
+            resource = await get_for_call(db, creator, slug)
+    if resource.status != "published":
+        raise _paused(resource)
+    return resource
+
+
+def _paused(resource: AnyResource) -> ApiError:
+    headers = {"Retry-After": str(budgets.seconds_to_reset())} if resource.pause_kind == "budget" else None
+    message = _PAUSE_MESSAGES.get(resource.pause_kind or "manual", _DEFAULT_PAUSE_MESSAGE)
+    return ApiError(503, "resource_paused", message, {"charged": False}, headers=headers)
+
+
+# Requirements and the discovery extension depend only on the resource's definition and payee: built once per
+# version and kept per process (the SDK's model building and schema work are the bulk of a 402's cost).
+_QUOTES_LIMIT = 4096
+
+
+def quote(rt: Runtime, gateway: PaymentGateway, resource: AnyResource) -> Quote:
+    pay_to = resource.pay_to or resource.owner.payout_address
+    if not pay_to:
+        raise ApiError(503, "resource_unavailable", _DEFAULT_PAUSE_MESSAGE, {"charged": False})
+    key = (resource.id, resource.version, resource.created_at, resource.owner.username, pay_to)
+    cached = rt.quotes.get(key)
+    if cached is None:
+        timeout = payment_timeout_seconds(resource, rt.settings.max_timeout_seconds)
+        url = endpoint_url(rt.settings.public_url, resource.owner.username, resource.slug)
+        requirements = gateway.requirements(resource.price_atomic, pay_to, timeout)
+        output = output_description(resource)
+        extensions = gateway.bazaar_extension(input_schema(resource), {"schema": output.get("schema") or output})
+        first = _answer(gateway, resource, url, requirements, extensions, None)
+        if len(rt.quotes) >= _QUOTES_LIMIT:
+            rt.quotes.clear()
+        cached = rt.quotes[key] = (url, requirements, extensions, first)
+    return Quote(resource, *cached)
+
+
+def _answer(gateway: PaymentGateway, r: AnyResource, url: str, requirements, extensions, reason: str | None):
+    description = r.description or r.name
+    return gateway.payment_required_answer(url, description, "application/json", requirements, extensions, reason)
+
+
+def payment_required(prepared: Prepared, reason: str | None = None) -> tuple[str, dict[str, Any]]:
+    """The x402 PaymentRequired for this call (with ``reason`` as its error): the encoded header value and the same
+    object as JSON, for doors to put on their wire."""
+    q = prepared.quote
+    if reason is None:
+        return q.first_answer
+    return _answer(prepared.gateway, q.resource, q.url, q.requirements, q.extensions, reason)
+
+
+# --- 2. complete: hold, verify, claim, run, settle, record -------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Hold:
+    """The worst case reserved from today's budget; replaced by the actual cost after the run (or by the job)."""
+
+    day: Any
+    pusd: int
+    actual_usd: Any = None
+    transferred: bool = False  # a long run's job releases it
+
+
+@dataclass(slots=True)
+class _Sale:
+    """One paid attempt in flight, filled in step by step."""
+
+    prepared: Prepared
+    payload: PaymentPayload
+    hold: Hold | None = None
+    verify_ms: int | None = None
+    payer: str | None = None
+    nonce: str | None = None
+    valid_before: int | None = None
+    usage_id: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+async def complete(rt: Runtime, prepared: Prepared, payload: PaymentPayload) -> Outcome:
+    """Sell the prepared call for ``payload``. Raises ApiError for refusals that are not about the payment (over
+    capacity, budget, a failed run: never charged)."""
+    if prepared.values is None:  # a payment with no input: validate the empty input now
+        prepared.values = validate_input(prepared.resource, {})
+        prepared.limits, prepared.worst = await budgets.check_call_cost(rt, prepared.resource, prepared.values)
+    payer = str(payload.payload.get("authorization", {}).get("from", ""))
+    try:
+        await rt.limits.check_payer(payer)
+        # Capacity and the budget hold are taken before verify, so a refusal touches no payment.
+        async with rt.limits.upstream_slot(str(prepared.resource.owner_id)):
+            sale = _Sale(prepared, payload)
+            sale.hold = await _hold_budget(rt, prepared)
+            try:
+                return await _verified_run(rt, sale)
+            finally:
+                hold = sale.hold
+                if hold is not None and not hold.transferred:
+                    await budgets.replace_hold(rt, prepared.resource.owner_id, hold.day, hold.pusd, hold.actual_usd)
+    except (OverCapacity, RateLimited) as exc:
+        raise exc.to_api_error() from None
+
+
+async def _hold_budget(rt: Runtime, prepared: Prepared) -> Hold | None:
+    limits = prepared.limits
+    if limits is None or limits.daily_budget_pusd is None:
+        return None
+    pusd = budgets.to_pusd(prepared.worst)
+    day = await budgets.reserve(rt, prepared.resource.owner_id, pusd)
+    if day is None:
+        raise await budgets.budget_reached(rt, prepared.resource, limits)
+    return Hold(day, pusd)
+
+
+async def _verified_run(rt: Runtime, sale: _Sale) -> Outcome:
+    prepared, q = sale.prepared, sale.prepared.quote
+    resource = q.resource
+    # Verify through the facilitator.
+    started = time.perf_counter()
+    verified = await prepared.gateway.verify(sale.payload, q.requirements, q.url)
+    sale.verify_ms = int((time.perf_counter() - started) * 1000)
+    if not verified.ok:
+        await record(
+            rt,
+            resource_id=resource.id,
+            owner_id=resource.owner_id,
+            kind=UsageKind.paid,
+            status=UsageStatus.refused,
+            payer=verified.payer if isinstance(verified.payer, str) else None,
+            amount_atomic=0,
+            network=q.requirements.network,
+            error_category="payment",
+            error_code=verified.reason,
+            verify_ms=sale.verify_ms,
+            finished_at=utcnow(),
+        )
+        return PaymentRefused(str(verified.reason), "The payment was not accepted: " + str(verified.reason))
+    sale.payer, sale.nonce, sale.valid_before = verified.payer, verified.nonce, verified.valid_before
+
+    # Claim: one run per payment, enforced by a unique key in the database (also across processes).
+    job = token = None
+    if jobs.is_long_run(resource, rt.settings.long_run_seconds):
+        # A long run becomes a job bound to this payment, created with the claim.
+        token, digest = jobs.new_token()
+        job = jobs.new_job(
+            resource,
+            prepared.values,
+            sale.payload,
+            q.requirements,
+            token_hash=digest,
+            valid_before=jobs.as_datetime(verified.valid_before),
+            budget_hold_pusd=sale.hold.pusd if sale.hold else 0,
+        )
+    claimed = await _claim(rt, sale, job)
+    if claimed is None:
+        return PaymentRefused("payment_already_used", "This payment was already used.")
+    sale.usage_id, key = claimed
+    if job is not None:
+        if sale.hold is not None:
+            sale.hold.transferred = True
+        rt.wake_jobs()
+        url = jobs.job_url(rt.settings.public_url, token)
+        return Queued(url, jobs.accepted_body(url, job))
+
+    # Run; the deadline ends before the authorization expires, leaving time to settle.
+    deadline = time.time() + payment_timeout_seconds(resource, rt.settings.max_timeout_seconds)
+    if verified.valid_before:
+        deadline = min(deadline, verified.valid_before - rt.settings.settle_margin_seconds)
+    outcome = await run_resource(rt, resource, prepared.values, deadline, key)
+    if sale.hold is not None:
+        sale.hold.actual_usd = outcome.billed_usd
+    if outcome.failure is not None:
+        # No settlement: the buyer keeps their money and gets a buyer-safe message.
+        await finish_usage(rt, sale.usage_id, outcome)
+        raise outcome.failure.to_api_error()
+    result = success_body(outcome, None)
+    return await settle_and_record(rt, prepared.gateway, sale.usage_id, sale.payload, q.requirements, result, outcome)
+
+
+_INSERT_CLAIM = quick_write(insert(PaymentClaim.__table__))
+
+
+async def _claim(rt: Runtime, sale: _Sale, job: Job | None):
+    """Insert the attempt, its payment claim (and the job of a long run) together, and open the creator's key in the
+    same transaction (its audit count commits with the claim). Returns (usage id, key), or None when the payment
+    was already used; the key is None for jobs, or when it cannot be opened (the run reports why)."""
+    r, requirements = sale.prepared.resource, sale.prepared.quote.requirements
+    async with rt.db.sessions() as db:
+        usage_id = await add_usage(
+            db,
+            resource_id=r.id,
+            owner_id=r.owner_id,
+            kind=UsageKind.paid,
+            status=UsageStatus.running,
+            payer=sale.payer,
+            amount_atomic=r.price_atomic,
+            network=requirements.network,
+            asset=requirements.asset,
+            pay_to=requirements.pay_to,
+            model_requested=r.active_model_id,
+            verify_ms=sale.verify_ms,
+        )
+        claim = {
+            "network": requirements.network,
+            "payer": sale.payer.lower(),
+            "nonce": sale.nonce.lower(),
+            "usage_id": usage_id,
+            "amount_atomic": r.price_atomic,
+            "valid_before": None if sale.valid_before is None else datetime.fromtimestamp(sale.valid_before, UTC),
+        }
+        try:
+            # The claim's unique key refuses a replay here (PostgreSQL waits for a concurrent first claim to end).
+            await (await db.connection()).execute(_INSERT_CLAIM, claim)
+            if job is not None:
+                job.usage_id = usage_id
+                db.add(job)
+                await db.flush()
+        except IntegrityError:
+            await db.rollback()
+            return None
+        key = None
+        if job is None:
+            with contextlib.suppress(KeyUnavailable):
+                key = await open_key_for_upstream(db, rt.vault, r.owner_id, commit=False)
+        try:
+            await db.commit()
+        except IntegrityError:
+            await db.rollback()
+            return None
+        return usage_id, key
+
+
+async def settle_and_record(
+    rt: Runtime,
+    gateway: PaymentGateway,
+    usage_id: int,
+    payload: PaymentPayload,
+    requirements: PaymentRequirements,
+    result: dict[str, Any],
+    outcome: RunOutcome | None = None,
+) -> PaymentRefused | Delivered:
+    """Settle a delivered run, then record it: the result goes out only when the money moved. ``outcome`` is the
+    run's, when its figures are not on the usage row yet."""
+    started = time.perf_counter()
+    settled = await gateway.settle(payload, requirements)
+    settle_ms = int((time.perf_counter() - started) * 1000)
+    if not settled.ok:
+        await finish_usage(
+            rt,
+            usage_id,
+            outcome,
+            status=UsageStatus.settle_failed,
+            error_category="payment",
+            error_code=settled.reason,
+            error_detail=f"settlement failed: {settled.reason}",
+            settle_ms=settle_ms,
+        )
+        return PaymentRefused(str(settled.reason), "The payment could not be settled; no result.")
+    try:
+        await finish_usage(
+            rt,
+            usage_id,
+            outcome,
+            status=UsageStatus.succeeded,
+            transaction_hash=settled.transaction,
+            settle_ms=settle_ms,
+        )
+    except Exception:
+        # The buyer has paid: a failing bookkeeping write must not cost them the result. The row stays "running",
+        # with the claim, for the creator to see.
+        log.exception("recording settled call %s failed (transaction %s)", usage_id, settled.transaction)
+    body = {**result, "receipt": receipt(settled, requirements, _payer(payload))}
+    return Delivered(body, gateway.payment_response_header(settled), settled)
+
+
+def _payer(payload: PaymentPayload) -> str | None:
+    return (payload.payload.get("authorization") or {}).get("from")
+
+
+def receipt(settled: SettleOutcome, requirements: PaymentRequirements, payer: str | None = None) -> dict[str, Any]:
+    return {
+        "transaction": settled.transaction,
+        "network": settled.network,
+        "payer": settled.payer or payer,
+        "amount": requirements.amount,
+    }
+
+
+# --- records ----------------------------------------------------------------------------------------------------
+
+
+async def record(rt: Runtime, **fields) -> None:
+    """One usage row in its own transaction."""
+    async with rt.db.sessions() as db:
+        await add_usage(db, **fields)
+        await db.commit()
+
+
+def outcome_fields(outcome: RunOutcome) -> dict[str, Any]:
+    """The usage-row columns a run fills in, success or failure."""
+    completion, fail = outcome.completion, outcome.failure
+    values: dict[str, Any] = {
+        "run_ms": outcome.run_ms,
+        "upstream_attempts": len(outcome.attempts),
+        "upstream_cost": outcome.billed_usd,
+    }
+    if completion is not None:
+        values.update(
+            model_used=completion.model_used,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+        )
+    if fail is not None:
+        values.update(
+            status=UsageStatus.failed,
+            error_category=str(fail.category),
+            error_code=fail.buyer_code,
+            error_detail=fail.creator_detail[:2000],
+            model_used=fail.model,
+        )
+    return values
+
+
+async def finish_usage(rt: Runtime, usage_id: int, outcome: RunOutcome | None, **fields) -> None:
+    run = outcome_fields(outcome) if outcome is not None else {}
+    async with rt.db.sessions() as db:
+        await update_usage(db, usage_id, **{**run, **fields, "finished_at": utcnow()})
+        await db.commit()
+
+
+def success_body(outcome: RunOutcome, receipt: dict[str, Any] | None) -> dict[str, Any]:
+    c = outcome.completion
+    return {
+        "output": c.output,
+        "usage": {
+            "prompt_tokens": c.prompt_tokens,
+            "completion_tokens": c.completion_tokens,
+            "cost_usd": str(c.total_cost_usd),
+        },
+        "model": c.model_used,
+        "receipt": receipt,
+    }

@@ -1,0 +1,161 @@
+"""Long runs, finished by the job runner: run (unless an earlier run already delivered), settle, record.
+
+The paid call claimed the payment and queued the job (sales.core); this module is the rest of that sale. The job
+row keeps the buyer's input, the signed payment and the requirements it was verified against, so a job survives a
+restart; the result is kept on the job before settlement, so a restart never runs the model twice.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC
+from typing import Any
+
+from sqlalchemy import select, update
+from x402.schemas import PaymentPayload, PaymentRequirements
+
+from instant402.db.base import utcnow
+from instant402.errors import ApiError, error_body
+from instant402.execution import budgets
+from instant402.execution.limits import OverCapacity
+from instant402.execution.models import Job, JobState
+from instant402.execution.runner import run_resource
+from instant402.resources.models import Resource
+from instant402.runtime import Runtime
+from instant402.sales.core import Delivered, finish_usage, settle_and_record, success_body
+from instant402.usage.models import UsageRecord, UsageStatus
+
+
+class Requeue(Exception):
+    """The job could not start now (no capacity); put it back."""
+
+
+async def execute(rt: Runtime, job_id: int, worker_id: str, settling: set[int] | None = None) -> str:
+    """Run a claimed job to its end: run (unless a previous run already delivered), settle, record. Returns the
+    final state, or raises Requeue. The job's id is added to ``settling`` before settlement starts: a stopping
+    runner lets those finish instead of cancelling them."""
+    async with rt.db.sessions() as db:
+        job = await db.get(Job, job_id)
+        resource = (await db.execute(select(Resource).where(Resource.id == job.resource_id))).unique().scalar_one()
+    valid_before = job.valid_before.timestamp()
+    deadline = valid_before - rt.settings.settle_margin_seconds
+    result = job.result
+    resumed = result is not None  # an earlier run delivered; it may have settled before the process died
+    if result is None:
+        if time.time() >= deadline:
+            return await _fail(rt, job, worker_id, _expired(), "expired before it could run")
+        try:
+            async with rt.limits.upstream_slot(str(resource.owner_id)):
+                outcome = await run_resource(rt, resource, job.input, deadline)
+        except OverCapacity:
+            raise Requeue() from None
+        await _replace_hold(rt, job, outcome.billed_usd)
+        if outcome.failure is not None:
+            await finish_usage(rt, job.usage_id, outcome)
+            return await _fail(rt, job, worker_id, outcome.failure.to_api_error(), None)
+        await finish_usage(rt, job.usage_id, outcome, status=UsageStatus.running)
+        result = success_body(outcome, None)
+        # Kept before settling: a restart after this point settles without running the model again.
+        await _update(rt, job, worker_id, result=result)
+    if settling is not None:
+        settling.add(job_id)
+    return await _settle(rt, job, worker_id, result, valid_before, resumed)
+
+
+# The facilitator's answer when the authorization's nonce is already spent on chain.
+NONCE_USED = "invalid_exact_evm_nonce_already_used"
+
+
+async def _settle(
+    rt: Runtime, job: Job, worker_id: str, result: dict[str, Any], valid_before: float, resumed: bool = False
+) -> str:
+    if time.time() >= valid_before:
+        return await _fail(rt, job, worker_id, _expired(), "the payment authorization expired before settlement")
+    gateway = await rt.payments()
+    payload = PaymentPayload.model_validate(job.payment_payload)
+    requirements = PaymentRequirements.model_validate(job.requirements)
+    started = time.perf_counter()
+    outcome = await settle_and_record(rt, gateway, job.usage_id, payload, requirements, result)
+    settle_ms = int((time.perf_counter() - started) * 1000)
+    if not isinstance(outcome, Delivered) and resumed and outcome.reason == NONCE_USED:
+        # The process died after settling and before recording it. The claim is this job's alone, so the spent
+        # authorization means the buyer paid: deliver the kept result (the transaction hash was lost with it).
+        return await _delivered(rt, job, worker_id, result, requirements, settle_ms)
+    if not isinstance(outcome, Delivered):
+        err = ApiError(402, "payment_invalid", "The payment could not be settled; no result.", {"charged": False})
+        return await _fail(rt, job, worker_id, err, None)
+    await _update(
+        rt,
+        job,
+        worker_id,
+        state=JobState.succeeded,
+        result=outcome.body,
+        payment_response=outcome.payment_response,
+        finished_at=utcnow(),
+    )
+    return JobState.succeeded
+
+
+async def _delivered(rt: Runtime, job: Job, worker_id: str, result, requirements, settle_ms: int) -> str:
+    payload = job.payment_payload.get("payload", {}).get("authorization", {})
+    kept = {"transaction": None, "network": requirements.network, "payer": payload.get("from")}
+    await _usage(
+        rt,
+        job.usage_id,
+        status=UsageStatus.succeeded,
+        error_detail="settled before a restart; the transaction hash was not recorded",
+        settle_ms=settle_ms,
+    )
+    await _update(
+        rt,
+        job,
+        worker_id,
+        state=JobState.succeeded,
+        result={**result, "receipt": {**kept, "amount": requirements.amount}},
+        finished_at=utcnow(),
+    )
+    return JobState.succeeded
+
+
+def _expired() -> ApiError:
+    return ApiError(
+        504,
+        "job_expired",
+        "The job could not finish before the payment authorization expired. You were not charged.",
+        {"charged": False},
+    )
+
+
+async def _fail(rt: Runtime, job: Job, worker_id: str, err: ApiError, detail: str | None) -> str:
+    if detail is not None:
+        await _usage(rt, job.usage_id, status=UsageStatus.failed, error_code=err.code, error_detail=detail)
+        await _replace_hold(rt, job, None)
+    body = error_body(err.code, err.message, {**err.details, "charged": False})
+    await _update(rt, job, worker_id, state=JobState.failed, result=None, error=body, finished_at=utcnow())
+    return JobState.failed
+
+
+async def _replace_hold(rt: Runtime, job: Job, actual) -> None:
+    if job.budget_hold_pusd:
+        day = job.created_at.astimezone(UTC).date()
+        await budgets.replace_hold(rt, job.owner_id, day, job.budget_hold_pusd, actual)
+        job.budget_hold_pusd = 0
+        await _update(rt, job, None, budget_hold_pusd=0)
+
+
+async def _update(rt: Runtime, job: Job, worker_id: str | None, **values) -> None:
+    stmt = update(Job).where(Job.id == job.id)
+    if worker_id is not None:
+        stmt = stmt.where(Job.claimed_by == worker_id)
+    async with rt.db.sessions() as db:
+        await db.execute(stmt.values(**values).execution_options(synchronize_session=False))
+        await db.commit()
+
+
+async def _usage(rt: Runtime, usage_id: int, **values) -> None:
+    values.setdefault("finished_at", utcnow())
+    async with rt.db.sessions() as db:
+        row = await db.get(UsageRecord, usage_id)
+        for key, value in values.items():
+            setattr(row, key, value)
+        await db.commit()
