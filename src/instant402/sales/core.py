@@ -5,11 +5,12 @@ Steps, in the order money needs them:
 1. ``prepare``: resolve the resource (404 unknown, 503 paused) → validate the buyer's input (422 before any payment
    is asked for) → check the call's worst-case cost against the creator's per-call cap → quote (the x402
    requirements and the Bazaar extension, built once per resource version).
-2. ``complete``, for a decoded payment: take an upstream slot and hold the worst case from today's budget → verify
-   the payment through the facilitator → claim it once in the database (a replay fails on a unique key, across
-   processes) → run the model with the creator's key → settle only when the run delivered → record the outcome.
-   A long run is claimed with a job instead and answered at once; the job runner finishes it with ``run_job``'s
-   settle and record steps (sales.long_runs).
+2. ``complete``, for a decoded payment, through named steps that other doors reuse: ``admitted`` (the payer's
+   rate, an upstream slot, the worst case held from today's budget) → ``verify`` (the facilitator) → ``claim``
+   (once in the database: a replay fails on a unique key, across processes) → ``run`` (the model, with the
+   creator's key; ``ran`` accounts for a run made by another door, e.g. a stream) → ``settle_and_record`` (settle
+   only when the run delivered, then record). A long run is claimed with a job instead (``claim_long_run``) and
+   the job runner finishes it with the same settle step (sales.long_runs).
 
 Inputs and outputs are plain values (the resource, the buyer's input, the decoded payment, an outcome). Doors turn
 their wire format into these and back; none of them touches a payment or a usage row directly.
@@ -20,7 +21,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -215,7 +217,7 @@ class Hold:
 
 
 @dataclass(slots=True)
-class _Sale:
+class Sale:
     """One paid attempt in flight, filled in step by step."""
 
     prepared: Prepared
@@ -226,24 +228,55 @@ class _Sale:
     nonce: str | None = None
     valid_before: int | None = None
     usage_id: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    key: Any = None  # the creator's opened key, for a run in this process
+
+    @property
+    def resource(self) -> AnyResource:
+        return self.prepared.quote.resource
+
+    def deadline(self, rt: Runtime) -> float:
+        """When the run must end: before the authorization expires, leaving time to settle."""
+        deadline = time.time() + payment_timeout_seconds(self.resource, rt.settings.max_timeout_seconds)
+        if self.valid_before:
+            deadline = min(deadline, self.valid_before - rt.settings.settle_margin_seconds)
+        return deadline
 
 
 async def complete(rt: Runtime, prepared: Prepared, payload: PaymentPayload) -> Outcome:
-    """Sell the prepared call for ``payload``. Raises ApiError for refusals that are not about the payment (over
-    capacity, budget, a failed run: never charged)."""
+    """Sell the prepared call for ``payload``: admit → verify → claim → run → settle → record. Raises ApiError for
+    refusals that are not about the payment (over capacity, budget, a failed run: never charged)."""
+    async with admitted(rt, prepared, payload) as sale:
+        refused = await verify(rt, sale)
+        if refused is not None:
+            return refused
+        if jobs.is_long_run(sale.resource, rt.settings.long_run_seconds):
+            return await claim_long_run(rt, sale)
+        refused = await claim(rt, sale)
+        if refused is not None:
+            return refused
+        outcome = await run(rt, sale)
+        result = success_body(outcome, None)
+        return await settle_and_record(
+            rt, prepared.gateway, sale.usage_id, payload, prepared.quote.requirements, result, outcome
+        )
+
+
+@contextlib.asynccontextmanager
+async def admitted(rt: Runtime, prepared: Prepared, payload: PaymentPayload) -> AsyncIterator[Sale]:
+    """Admission, before the payment is verified: the payer's rate, an upstream slot of the creator's and the worst
+    case held from today's budget (released or replaced by the actual cost on the way out). A refusal here touches
+    no payment."""
     if prepared.values is None:  # a payment with no input: validate the empty input now
         prepared.values = validate_input(prepared.resource, {})
         prepared.limits, prepared.worst = await budgets.check_call_cost(rt, prepared.resource, prepared.values)
     payer = str(payload.payload.get("authorization", {}).get("from", ""))
     try:
         await rt.limits.check_payer(payer)
-        # Capacity and the budget hold are taken before verify, so a refusal touches no payment.
         async with rt.limits.upstream_slot(str(prepared.resource.owner_id)):
-            sale = _Sale(prepared, payload)
+            sale = Sale(prepared, payload)
             sale.hold = await _hold_budget(rt, prepared)
             try:
-                return await _verified_run(rt, sale)
+                yield sale
             finally:
                 hold = sale.hold
                 if hold is not None and not hold.transferred:
@@ -263,18 +296,17 @@ async def _hold_budget(rt: Runtime, prepared: Prepared) -> Hold | None:
     return Hold(day, pusd)
 
 
-async def _verified_run(rt: Runtime, sale: _Sale) -> Outcome:
-    prepared, q = sale.prepared, sale.prepared.quote
-    resource = q.resource
-    # Verify through the facilitator.
+async def verify(rt: Runtime, sale: Sale) -> PaymentRefused | None:
+    """Verify through the facilitator; a refusal is recorded and returned."""
+    q = sale.prepared.quote
     started = time.perf_counter()
-    verified = await prepared.gateway.verify(sale.payload, q.requirements, q.url)
+    verified = await sale.prepared.gateway.verify(sale.payload, q.requirements, q.url)
     sale.verify_ms = int((time.perf_counter() - started) * 1000)
     if not verified.ok:
         await record(
             rt,
-            resource_id=resource.id,
-            owner_id=resource.owner_id,
+            resource_id=sale.resource.id,
+            owner_id=sale.resource.owner_id,
             kind=UsageKind.paid,
             status=UsageStatus.refused,
             payer=verified.payer if isinstance(verified.payer, str) else None,
@@ -287,51 +319,63 @@ async def _verified_run(rt: Runtime, sale: _Sale) -> Outcome:
         )
         return PaymentRefused(str(verified.reason), "The payment was not accepted: " + str(verified.reason))
     sale.payer, sale.nonce, sale.valid_before = verified.payer, verified.nonce, verified.valid_before
+    return None
 
-    # Claim: one run per payment, enforced by a unique key in the database (also across processes).
-    job = token = None
-    if jobs.is_long_run(resource, rt.settings.long_run_seconds):
-        # A long run becomes a job bound to this payment, created with the claim.
-        token, digest = jobs.new_token()
-        job = jobs.new_job(
-            resource,
-            prepared.values,
-            sale.payload,
-            q.requirements,
-            token_hash=digest,
-            valid_before=jobs.as_datetime(verified.valid_before),
-            budget_hold_pusd=sale.hold.pusd if sale.hold else 0,
-        )
+
+async def claim(rt: Runtime, sale: Sale) -> PaymentRefused | None:
+    """One run per payment, enforced by a unique key in the database (also across processes)."""
+    claimed = await _claim(rt, sale, None)
+    if claimed is None:
+        return PaymentRefused("payment_already_used", "This payment was already used.")
+    sale.usage_id, sale.key = claimed
+    return None
+
+
+async def claim_long_run(rt: Runtime, sale: Sale) -> PaymentRefused | Queued:
+    """A long run becomes a job bound to this payment, created with the claim; the job runner finishes the sale."""
+    q = sale.prepared.quote
+    token, digest = jobs.new_token()
+    job = jobs.new_job(
+        sale.resource,
+        sale.prepared.values,
+        sale.payload,
+        q.requirements,
+        token_hash=digest,
+        valid_before=jobs.as_datetime(sale.valid_before),
+        budget_hold_pusd=sale.hold.pusd if sale.hold else 0,
+    )
     claimed = await _claim(rt, sale, job)
     if claimed is None:
         return PaymentRefused("payment_already_used", "This payment was already used.")
-    sale.usage_id, key = claimed
-    if job is not None:
-        if sale.hold is not None:
-            sale.hold.transferred = True
-        rt.wake_jobs()
-        url = jobs.job_url(rt.settings.public_url, token)
-        return Queued(url, jobs.accepted_body(url, job))
+    sale.usage_id = claimed[0]
+    if sale.hold is not None:
+        sale.hold.transferred = True
+    rt.wake_jobs()
+    url = jobs.job_url(rt.settings.public_url, token)
+    return Queued(url, jobs.accepted_body(url, job))
 
-    # Run; the deadline ends before the authorization expires, leaving time to settle.
-    deadline = time.time() + payment_timeout_seconds(resource, rt.settings.max_timeout_seconds)
-    if verified.valid_before:
-        deadline = min(deadline, verified.valid_before - rt.settings.settle_margin_seconds)
-    outcome = await run_resource(rt, resource, prepared.values, deadline, key)
+
+async def run(rt: Runtime, sale: Sale) -> RunOutcome:
+    """Run the model with the creator's key. A failed run is recorded and raised as the buyer's error: nothing is
+    settled, the buyer keeps their money."""
+    outcome = await run_resource(rt, sale.resource, sale.prepared.values, sale.deadline(rt), sale.key)
+    return await ran(rt, sale, outcome)
+
+
+async def ran(rt: Runtime, sale: Sale, outcome: RunOutcome) -> RunOutcome:
+    """Account for a finished run (whatever door ran it): the budget's actual cost, and a failure's record."""
     if sale.hold is not None:
         sale.hold.actual_usd = outcome.billed_usd
     if outcome.failure is not None:
-        # No settlement: the buyer keeps their money and gets a buyer-safe message.
         await finish_usage(rt, sale.usage_id, outcome)
         raise outcome.failure.to_api_error()
-    result = success_body(outcome, None)
-    return await settle_and_record(rt, prepared.gateway, sale.usage_id, sale.payload, q.requirements, result, outcome)
+    return outcome
 
 
 _INSERT_CLAIM = quick_write(insert(PaymentClaim.__table__))
 
 
-async def _claim(rt: Runtime, sale: _Sale, job: Job | None):
+async def _claim(rt: Runtime, sale: Sale, job: Job | None):
     """Insert the attempt, its payment claim (and the job of a long run) together, and open the creator's key in the
     same transaction (its audit count commits with the claim). Returns (usage id, key), or None when the payment
     was already used; the key is None for jobs, or when it cannot be opened (the run reports why)."""
