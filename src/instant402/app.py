@@ -14,6 +14,7 @@ from instant402.catalog.background import start_catalog_sync, stop_catalog_sync
 from instant402.catalog.routes import router as catalog_router
 from instant402.config import Mode, Settings, load_settings
 from instant402.db import Database
+from instant402.discovery.routes import install as install_discovery
 from instant402.errors import install_error_handlers
 from instant402.execution.routes import router as execution_router
 from instant402.health import router as health_router
@@ -22,6 +23,7 @@ from instant402.keys.vault import load_vault
 from instant402.logs import configure_logging
 from instant402.resources.routes import router as resources_router
 from instant402.runtime import Runtime
+from instant402.sales import mcp as mcp_door
 from instant402.sales.routes import router as payments_router
 from instant402.sales.routes import test_run_router
 from instant402.sales.worker import start_embedded
@@ -41,7 +43,8 @@ def create_app(settings: Settings | None = None, *, facilitator: Any = None) -> 
     async def lifespan(app: FastAPI):
         await start_embedded(app.state.runtime)  # background work: the embedded job runner
         start_catalog_sync(app)  # first sync when the catalog is empty, then daily (off in tests)
-        yield
+        async with mcp_door.running(app):
+            yield
         await stop_catalog_sync(app)
         await app.state.runtime.aclose()
         await app.state.db.dispose()
@@ -68,5 +71,7 @@ def create_app(settings: Settings | None = None, *, facilitator: Any = None) -> 
     app.include_router(resources_router)
     app.include_router(usage_router)
     app.include_router(execution_router)
+    mcp_door.install(app)
+    install_discovery(app)
     mount_web(app)
     return app

@@ -142,8 +142,17 @@ def facilitator_app(facilitator: LocalFacilitator, auth_header: str | None = Non
             )
         return JSONResponse(_camel(result))
 
+    async def discovery(request: Request) -> JSONResponse:
+        try:
+            limit = min(max(int(request.query_params.get("limit", 20)), 1), 100)
+            offset = max(int(request.query_params.get("offset", 0)), 0)
+        except ValueError:
+            return JSONResponse({"error": "limit and offset are integers"}, status_code=400)
+        return JSONResponse(facilitator.catalog.page(request.query_params.get("type"), limit, offset))
+
     return Starlette(
         routes=[
+            Route("/discovery/resources", discovery, methods=["GET"]),
             Route("/supported", supported, methods=["GET"]),
             Route("/verify", verify, methods=["POST"]),
             Route("/settle", settle, methods=["POST"]),

@@ -13,8 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from datetime import UTC, datetime
+from typing import Any
 
 from x402 import x402FacilitatorSync
+from x402.extensions.bazaar import extract_discovery_info
 from x402.mechanisms.evm.exact import ExactEvmFacilitatorScheme, ExactEvmSchemeConfig
 from x402.mechanisms.evm.signers import FacilitatorWeb3Signer
 from x402.schemas import PaymentPayload, PaymentRequirements, SettleResponse, SupportedResponse, VerifyResponse
@@ -40,6 +43,55 @@ class DevnetSigner(FacilitatorWeb3Signer):
         self._chain_id = devnet.chain_id
 
 
+class DiscoveryCatalog:
+    """What the facilitator has seen paid, as a Bazaar catalog: the discovery extension of every payment it verified
+    or settled (read and validated by the SDK's ``extract_discovery_info``), one entry per resource and type, in the
+    facilitator discovery format of ``GET /discovery/resources``."""
+
+    def __init__(self) -> None:
+        self._items: dict[tuple[str, str], dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, payload: PaymentPayload, requirements: PaymentRequirements) -> None:
+        try:
+            found = extract_discovery_info(payload, requirements)
+        except Exception as exc:  # a malformed extension is not cataloged; the payment itself is unaffected
+            log.info("discovery extension not cataloged: %s", exc)
+            return
+        if found is None or not found.resource_url:
+            return
+        kind = "mcp" if found.tool_name else "http"
+        item: dict[str, Any] = {
+            "resource": found.resource_url,
+            "type": kind,
+            "x402Version": found.x402_version,
+            "accepts": [requirements.model_dump(mode="json", by_alias=True, exclude_none=True)],
+            "lastUpdated": datetime.now(UTC).isoformat(),
+            "extensions": {"bazaar": payload.extensions.get("bazaar")} if payload.extensions else None,
+            "metadata": {"method": found.method or None, "toolName": found.tool_name},
+        }
+        for key, value in (
+            ("description", found.description),
+            ("mimeType", found.mime_type),
+            ("serviceName", found.service_name),
+            ("tags", found.tags),
+        ):
+            if value:
+                item[key] = value
+        with self._lock:
+            self._items[(found.resource_url, kind)] = {k: v for k, v in item.items() if v is not None}
+
+    def page(self, kind: str | None, limit: int, offset: int) -> dict[str, Any]:
+        with self._lock:
+            items = [i for i in self._items.values() if kind is None or i["type"] == kind]
+        items.sort(key=lambda i: i["lastUpdated"], reverse=True)
+        return {
+            "x402Version": 2,
+            "items": items[offset : offset + limit],
+            "pagination": {"limit": limit, "offset": offset, "total": len(items)},
+        }
+
+
 class LocalFacilitator:
     """An in-process facilitator with the SDK's ``FacilitatorClient`` shape (async verify/settle, get_supported).
 
@@ -53,15 +105,22 @@ class LocalFacilitator:
         # One gas account on an auto-mining chain: a transaction sent with a later nonce than the account's next
         # one is rejected instead of queued (a real node would queue it), so settlements go one at a time.
         self._settle_lock = threading.Lock()
+        self.catalog = DiscoveryCatalog()
 
     def get_supported(self) -> SupportedResponse:
         return self._supported
 
     async def verify(self, payload: PaymentPayload, requirements: PaymentRequirements) -> VerifyResponse:
-        return await asyncio.to_thread(self.facilitator.verify, payload, requirements)
+        result = await asyncio.to_thread(self.facilitator.verify, payload, requirements)
+        if result.is_valid:
+            self.catalog.add(payload, requirements)
+        return result
 
     async def settle(self, payload: PaymentPayload, requirements: PaymentRequirements) -> SettleResponse:
-        return await asyncio.to_thread(self._settle, payload, requirements)
+        result = await asyncio.to_thread(self._settle, payload, requirements)
+        if result.success:
+            self.catalog.add(payload, requirements)
+        return result
 
     def _settle(self, payload: PaymentPayload, requirements: PaymentRequirements) -> SettleResponse:
         with self._settle_lock:

@@ -116,3 +116,34 @@ async def follow_job(http: httpx.AsyncClient, accepted: httpx.Response, *, give_
         if state not in ("queued", "running") or time.monotonic() > deadline:
             return PaidResult(response, read_receipt(response))
         await asyncio.sleep(min(float(response.headers.get("Retry-After", "1")), 2.0))
+
+
+class McpToolCaller:
+    """The official ``mcp`` client (``mcp.Client``) in the shape the SDK's ``x402MCPClient`` calls: ``call_tool``
+    with one params dict (name, arguments, ``_meta`` carrying the payment) and a result whose ``_meta`` and
+    camelCase fields it reads. Use: ``x402MCPClient(McpToolCaller(client), x402_client)``."""
+
+    def __init__(self, client: Any, progress_callback: Any = None):
+        self.client = client
+        self.progress_callback = progress_callback
+
+    async def call_tool(self, params: dict[str, Any], read_timeout_seconds: Any = None, **_: Any) -> Any:
+        from types import SimpleNamespace
+
+        timeout = read_timeout_seconds.total_seconds() if read_timeout_seconds is not None else None
+        result = await self.client.call_tool(
+            params["name"],
+            params.get("arguments"),
+            read_timeout_seconds=timeout,
+            progress_callback=self.progress_callback,
+            meta=params.get("_meta"),
+        )
+        return SimpleNamespace(
+            content=[item.model_dump(mode="json", by_alias=True, exclude_none=True) for item in result.content],
+            isError=result.is_error,
+            structuredContent=result.structured_content,
+            _meta=result.meta or {},
+        )
+
+    async def list_tools(self) -> Any:
+        return await self.client.list_tools()

@@ -247,7 +247,13 @@ class PaymentGateway:
             raise PaymentError("invalid_payment_header", "PAYMENT-SIGNATURE is not base64-encoded JSON.") from None
         except (TypeError, AttributeError):
             raise PaymentError("invalid_payment_header", "PAYMENT-SIGNATURE is not a JSON object.") from None
-        if payload.x402_version != 2 or not isinstance(payload, PaymentPayload):
+        return PaymentGateway.check_payload(payload)
+
+    @staticmethod
+    def check_payload(payload: Any) -> PaymentPayload:
+        """A decoded payment (from a header or another door's wire) must be x402 v2 ``exact`` with a well-formed
+        EIP-3009 authorization; raises PaymentError."""
+        if not isinstance(payload, PaymentPayload) or payload.x402_version != 2:
             raise PaymentError("unsupported_x402_version", "Only x402 version 2 payments are accepted.")
         if payload.accepted.scheme != SCHEME:
             raise PaymentError("unsupported_scheme", f"Only the {SCHEME!r} scheme is accepted.")

@@ -63,6 +63,156 @@ def output_description(resource: Any) -> dict[str, Any]:
     return cached
 
 
+def _strip_dialect(schema: Any) -> Any:
+    """A creator's schema nested inside another document: without its own ``$schema`` (only a root may have one)."""
+    if isinstance(schema, dict):
+        return {k: v for k, v in schema.items() if k != "$schema"}
+    return schema
+
+
+_OUTPUT_SCHEMAS = {
+    "text": {
+        "type": "object",
+        "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+        "required": ["type", "text"],
+    },
+    "image": {
+        "type": "object",
+        "properties": {
+            "type": {"const": "image"},
+            "images": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "url": {"type": "string", "format": "uri"},
+                        "sha256": {"type": "string"},
+                        "mime_type": {"type": "string"},
+                        "bytes": {"type": "integer"},
+                    },
+                    "required": ["url", "mime_type"],
+                },
+            },
+            "text": {"type": "string"},
+        },
+        "required": ["type", "images"],
+    },
+}
+
+
+def output_schema(resource: Any) -> dict[str, Any]:
+    """JSON Schema of the ``output`` member of a successful call's body."""
+    if resource.output_kind == "json":
+        data = _strip_dialect(resource.output_schema) if resource.output_schema else {}
+        return {
+            "type": "object",
+            "properties": {"type": {"const": "json"}, "data": data},
+            "required": ["type", "data"],
+        }
+    return _OUTPUT_SCHEMAS.get(resource.output_kind, _OUTPUT_SCHEMAS["text"])
+
+
+def success_schema(resource: Any) -> dict[str, Any]:
+    """JSON Schema of a successful paid call's body (the 200 answer): the output, usage, model and receipt."""
+    comp = compiled(resource)
+    key = f"success:{resource.output_kind}"
+    cached = comp.schema_cache.get(key)
+    if cached is None:
+        cached = {
+            "type": "object",
+            "properties": {
+                "output": output_schema(resource),
+                "usage": {
+                    "type": "object",
+                    "properties": {
+                        "prompt_tokens": {"type": "integer"},
+                        "completion_tokens": {"type": "integer"},
+                        "cost_usd": {"type": "string"},
+                    },
+                },
+                "model": {"type": "string"},
+                "receipt": {
+                    "type": "object",
+                    "description": "The settled x402 payment.",
+                    "properties": {
+                        "transaction": {"type": "string"},
+                        "network": {"type": "string"},
+                        "payer": {"type": "string"},
+                        "amount": {"type": "string", "description": "Atomic units of the asset."},
+                    },
+                },
+            },
+            "required": ["output", "receipt"],
+        }
+        comp.schema_cache[key] = cached
+    return cached
+
+
+def example_from_schema(schema: Any, depth: int = 0) -> Any:
+    """A small value that satisfies a simple JSON Schema (defaults, enums, bounds), for discovery examples.
+    Callers check the result against the schema: complex schemas may not be met."""
+    if not isinstance(schema, dict) or depth > 8:
+        return None
+    for key in ("const", "default"):
+        if key in schema:
+            return schema[key]
+    for key in ("examples", "enum"):
+        if schema.get(key):
+            return schema[key][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key):
+            return example_from_schema(schema[key][0], depth + 1)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object" or (kind is None and "properties" in schema):
+        props = schema.get("properties") or {}
+        wanted = schema.get("required") or list(props)[:1]
+        return {name: example_from_schema(props.get(name, {}), depth + 1) for name in wanted}
+    if kind == "array":
+        count = schema.get("minItems", 0) or 1
+        return [example_from_schema(schema.get("items", {}), depth + 1) for _ in range(count)]
+    if kind in ("integer", "number"):
+        low, high = schema.get("minimum"), schema.get("maximum")
+        value = low if low is not None else (min(0, high) if high is not None else 1)
+        return int(value) if kind == "integer" else value
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    text = "example"
+    low, high = schema.get("minLength", 0), schema.get("maxLength")
+    text = text.ljust(low, "e")
+    return text[:high] if high is not None else text
+
+
+def input_example(resource: Any) -> dict[str, Any] | None:
+    """An example call body for discovery, or None when the simple generator cannot satisfy the schema."""
+    comp = compiled(resource)
+    if "input_example" not in comp.schema_cache:
+        comp.schema_cache["input_example"] = _checked_example(input_schema(resource))
+    return comp.schema_cache["input_example"]
+
+
+def output_example(resource: Any) -> dict[str, Any] | None:
+    """An example of a successful call's ``output`` member, or None (a creator's schema too complex)."""
+    comp = compiled(resource)
+    key = f"output_example:{resource.output_kind}"
+    if key not in comp.schema_cache:
+        comp.schema_cache[key] = _checked_example(output_schema(resource))
+    return comp.schema_cache[key]
+
+
+def _checked_example(schema: dict[str, Any]) -> Any:
+    from jsonschema import Draft202012Validator
+
+    value = example_from_schema(schema)
+    try:
+        return value if Draft202012Validator(schema).is_valid(value) else None
+    except Exception:  # a schema the validator cannot compile: no example rather than a wrong one
+        return None
+
+
 # --- views: what each audience may see of a resource ---------------------------------------------------------------
 
 

@@ -32,6 +32,7 @@ from x402.schemas import PaymentPayload, PaymentRequirements
 
 from instant402.db.base import utcnow
 from instant402.db.sqlite_loop import quick_write
+from instant402.discovery import bazaar
 from instant402.errors import ApiError
 from instant402.execution import budgets, jobs
 from instant402.execution.creator_limits import LimitsView
@@ -43,7 +44,7 @@ from instant402.payments.gateway import PaymentGateway, SettleOutcome
 from instant402.payments.models import PaymentClaim
 from instant402.resources.models import AnyResource
 from instant402.resources.params import validate_input
-from instant402.resources.schemas import endpoint_url, input_schema, output_description
+from instant402.resources.schemas import endpoint_url
 from instant402.resources.service import get_for_call
 from instant402.runtime import Runtime
 from instant402.usage.models import UsageKind, UsageStatus, add_usage, update_usage
@@ -180,8 +181,7 @@ def quote(rt: Runtime, gateway: PaymentGateway, resource: AnyResource) -> Quote:
         timeout = payment_timeout_seconds(resource, rt.settings.max_timeout_seconds)
         url = endpoint_url(rt.settings.public_url, resource.owner.username, resource.slug)
         requirements = gateway.requirements(resource.price_atomic, pay_to, timeout)
-        output = output_description(resource)
-        extensions = gateway.bazaar_extension(input_schema(resource), {"schema": output.get("schema") or output})
+        extensions = bazaar.http_extension(resource)
         first = _answer(gateway, resource, url, requirements, extensions, None)
         if len(rt.quotes) >= _QUOTES_LIMIT:
             rt.quotes.clear()
