@@ -90,7 +90,7 @@ def b64json(value: str) -> dict:
 
 
 async def test_bodyless_probe_gets_a_402_the_sdk_decodes_with_a_valid_bazaar_extension(market, catalog, buyer):
-    seller, text, data, image = publish_three(market)
+    _seller, text, data, image = publish_three(market)
     for res, price in ((text, 10_000), (data, 20_000), (image, IMAGE_PRICE)):
         r = market.http.post(res["path"])  # no body at all: a crawler's probe
         assert r.status_code == 402, r.text
