@@ -1,9 +1,10 @@
-"""The published resources as discovery sees them, read once per catalog version.
+"""The published resources as discovery sees them, read once per catalog version and kept per resource.
 
 Every discovery door (the buyers' OpenAPI, the discovery listing, MCP's tool list) reads the same snapshot: the
 published resources with what a buyer needs to call them. The snapshot is rebuilt only when the catalog version
-changes (how many resources are published, and the latest change to any of them), so a crawler reading the
-documents again and again costs one small aggregate query per request.
+changes (how many resources are published, and the latest change to any of them), and then only the resources that
+changed are read and prepared again (with a pause every few, so a large catalog never holds the event loop long).
+Each entry keeps what the doors built from it (``derived``), so an unchanged resource is never rendered twice.
 """
 
 from __future__ import annotations
@@ -14,12 +15,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import contains_eager
+from sqlalchemy import bindparam, func, select
 
 from instant402.accounts.models import User
 from instant402.resources.estimate import atomic_to_usd
-from instant402.resources.models import Resource
+from instant402.resources.models import CallOwner, Resource, ResourceRow
 from instant402.resources.schemas import endpoint_url, input_example, input_schema, success_schema
 from instant402.runtime import Runtime
 
@@ -36,7 +36,7 @@ def parse_tool_name(name: str) -> tuple[str, str] | None:
     return (creator, slug) if sep and creator and slug else None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Listed:
     """One published resource, as every discovery door shows it."""
 
@@ -52,7 +52,9 @@ class Listed:
     input_example: dict[str, Any] | None
     success_schema: dict[str, Any]
     updated_at: datetime
-    resource: Any = field(repr=False, compare=False)
+    stamp: tuple  # what the entry was built from: rebuilt when it changes
+    resource: Any = field(repr=False, compare=False)  # a ResourceRow, as the sale core reads it
+    derived: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # the doors' renderings
 
     @property
     def tool(self) -> str:
@@ -75,14 +77,37 @@ class Snapshot:
         return self.items if creator is None else self.by_creator.get(creator.lower(), [])
 
 
-_VERSION = select(func.count(Resource.id), func.max(Resource.updated_at)).where(Resource.status == "published")
+_resources, _users = Resource.__table__, User.__table__
+_VERSION = select(func.count(_resources.c.id), func.max(_resources.c.updated_at)).where(
+    _resources.c.status == "published"
+)
+_STAMPS = (
+    select(
+        _resources.c.id,
+        _resources.c.version,
+        _resources.c.created_at,
+        _resources.c.updated_at,
+        _users.c.username,
+        _users.c.payout_address,
+    )
+    .join(_users, _users.c.id == _resources.c.owner_id)
+    .where(_resources.c.status == "published")
+    .order_by(_users.c.username, _resources.c.slug)
+)
+_ROWS = (
+    select(_resources, _users.c.username.label("owner_username"), _users.c.payout_address)
+    .join(_users, _users.c.id == _resources.c.owner_id)
+    .where(_resources.c.id.in_(bindparam("ids", expanding=True)))
+)
+_CHUNK = 200  # rows read, and entries built, between two pauses
 _snapshots: weakref.WeakKeyDictionary[Runtime, Snapshot] = weakref.WeakKeyDictionary()
+_entries: weakref.WeakKeyDictionary[Runtime, dict[int, Listed]] = weakref.WeakKeyDictionary()
 _locks: weakref.WeakKeyDictionary[Runtime, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
 async def catalog_version(rt: Runtime) -> tuple:
     async with rt.db.sessions() as db:
-        count, latest = (await db.execute(_VERSION)).one()
+        count, latest = (await (await db.connection()).execute(_VERSION)).one()
     return (int(count or 0), latest.isoformat() if latest else None)
 
 
@@ -101,37 +126,44 @@ async def snapshot(rt: Runtime) -> Snapshot:
 
 
 async def _load(rt: Runtime, version: tuple) -> Snapshot:
-    query = (
-        select(Resource)
-        .join(Resource.owner)
-        .options(contains_eager(Resource.owner))
-        .where(Resource.status == "published")
-        .order_by(User.username, Resource.slug)
-    )
+    known = _entries.setdefault(rt, {})
     async with rt.db.sessions() as db:
-        resources = list((await db.execute(query)).unique().scalars())
-    public_url = rt.settings.public_url
-    items = []
-    for r in resources:
-        creator = r.owner.username
-        items.append(
-            Listed(
-                creator=creator,
-                slug=r.slug,
-                name=r.name,
-                description=r.description or r.name,
-                tags=tuple(r.tags or ()),
-                output_kind=r.output_kind,
-                price_atomic=r.price_atomic,
-                url=endpoint_url(public_url, creator, r.slug),
-                input_schema=input_schema(r),
-                input_example=input_example(r),
-                success_schema=success_schema(r),
-                updated_at=r.updated_at,
-                resource=r,
-            )
-        )
+        conn = await db.connection()
+        stamps = [(row[0], tuple(row[1:])) for row in await conn.execute(_STAMPS)]
+        changed = [rid for rid, stamp in stamps if rid not in known or known[rid].stamp != stamp]
+        for i in range(0, len(changed), _CHUNK):
+            rows = (await conn.execute(_ROWS, {"ids": changed[i : i + _CHUNK]})).all()
+            for row in rows:
+                values = dict(row._mapping)
+                owner = CallOwner(values.pop("owner_username"), values.pop("payout_address"))
+                entry = _entry(rt, ResourceRow(**values, owner=owner))
+                known[entry.resource.id] = entry
+            await asyncio.sleep(0)
+    items = [known[rid] for rid, _ in stamps if rid in known]
+    published = {rid for rid, _ in stamps}
+    for rid in [rid for rid in known if rid not in published]:
+        del known[rid]
     by_creator: dict[str, list[Listed]] = {}
     for item in items:
         by_creator.setdefault(item.creator, []).append(item)
     return Snapshot(version, items, by_creator)
+
+
+def _entry(rt: Runtime, r: Any) -> Listed:
+    creator = r.owner.username
+    return Listed(
+        creator=creator,
+        slug=r.slug,
+        name=r.name,
+        description=r.description or r.name,
+        tags=tuple(r.tags or ()),
+        output_kind=r.output_kind,
+        price_atomic=r.price_atomic,
+        url=endpoint_url(rt.settings.public_url, creator, r.slug),
+        input_schema=input_schema(r),
+        input_example=input_example(r),
+        success_schema=success_schema(r),
+        updated_at=r.updated_at,
+        stamp=(r.version, r.created_at, r.updated_at, creator, r.owner.payout_address),
+        resource=r,
+    )

@@ -73,9 +73,19 @@ def _mark_security(doc: dict[str, Any]) -> None:
             operation["security"] = [{BEARER: []}] if private else []
 
 
-def buyers_document(base: dict[str, Any], snap: Snapshot) -> dict[str, Any]:
-    """The app's generated document (``base``, left untouched) with every published resource as a paid
-    operation."""
+_RESOURCES = "/\u0000resources"  # where the resources' operations are spliced into the serialized document
+
+
+def _operation_json(item: Listed) -> str:
+    found = item.derived.get("openapi")
+    if found is None:
+        found = item.derived["openapi"] = json.dumps({"post": paid_operation(item)}, separators=(",", ":"))
+    return found
+
+
+def _skeleton(base: dict[str, Any]) -> dict[str, Any]:
+    """The app's generated document (``base``, left untouched) with the guidance, the security marks and a
+    placeholder where the resources go."""
     doc = copy.deepcopy(base)
     doc["info"] = {**doc.get("info", {}), "x-guidance": GUIDANCE}
     components = doc.setdefault("components", {})
@@ -85,9 +95,7 @@ def buyers_document(base: dict[str, Any], snap: Snapshot) -> dict[str, Any]:
         "description": "A creator's personal access token (POST /api/v1/me/tokens).",
     }
     _mark_security(doc)
-    paths = doc.setdefault("paths", {})
-    for item in snap.items:
-        paths[f"/{item.creator}/{item.slug}"] = {"post": paid_operation(item)}
+    doc.setdefault("paths", {})[_RESOURCES] = 0
     tags = doc.setdefault("tags", [])
     if not any(t.get("name") == PAID_TAG for t in tags):
         tags.append({"name": PAID_TAG, "description": "Published AI resources, each paid per call with x402."})
@@ -95,9 +103,15 @@ def buyers_document(base: dict[str, Any], snap: Snapshot) -> dict[str, Any]:
 
 
 def serialized(base: dict[str, Any], snap: Snapshot) -> bytes:
-    """The buyers' document as JSON bytes, built once per catalog version (and per base document)."""
+    """The buyers' document as JSON bytes, once per catalog version: the app's part is serialized with a
+    placeholder, each resource's operation is serialized once per resource version, and the two are joined."""
     key = ("openapi", id(base))
     found = snap.derived.get(key)
     if found is None:
-        found = snap.derived[key] = json.dumps(buyers_document(base, snap), separators=(",", ":")).encode()
+        text = json.dumps(_skeleton(base), separators=(",", ":"))
+        operations = ",".join(f"{json.dumps(f'/{i.creator}/{i.slug}')}:{_operation_json(i)}" for i in snap.items)
+        placeholder = f"{json.dumps(_RESOURCES)}:0"
+        if not operations:  # the placeholder is never the only path: the app's own come first
+            placeholder, operations = "," + placeholder, ""
+        found = snap.derived[key] = text.replace(placeholder, operations, 1).encode()
     return found

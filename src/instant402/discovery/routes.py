@@ -3,15 +3,16 @@ x402 facilitator discovery format (the Bazaar listing), paginated and filterable
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.routing import Route
 
-from instant402.discovery import openapi
+from instant402.discovery import bazaar, openapi
 from instant402.discovery.listing import Listed, Snapshot, snapshot
-from instant402.errors import ApiError
 from instant402.runtime import Runtime
 from instant402.sales import core
 
@@ -22,22 +23,26 @@ router = APIRouter(tags=["discovery"])
 
 
 def _item(rt: Runtime, gateway: Any, entry: Listed) -> dict[str, Any] | None:
-    try:
-        quote = core.quote(rt, gateway, entry.resource)
-    except ApiError:  # no payout address yet: not payable, not listed
+    r = entry.resource
+    pay_to = r.pay_to or r.owner.payout_address
+    if not pay_to:  # not payable yet: not listed
         return None
+    # The quote's requirements and extension (not ``core.quote``: the listing needs no 402 answer, and a catalog of
+    # thousands would only push the paid route's own quotes out of their cache).
+    timeout = core.payment_timeout_seconds(r, rt.settings.max_timeout_seconds)
+    requirements = gateway.requirements(r.price_atomic, pay_to, timeout)
     public = rt.settings.public_url.rstrip("/")
     return {
         "resource": entry.url,
         "type": "http",
         "x402Version": 2,
-        "accepts": [quote.requirements.model_dump(mode="json", by_alias=True, exclude_none=True)],
+        "accepts": [requirements.model_dump(mode="json", by_alias=True, exclude_none=True)],
         "lastUpdated": entry.updated_at.isoformat(),
         "description": entry.description,
         "mimeType": "application/json",
         "serviceName": "instant402",
         "tags": list(entry.tags),
-        "extensions": quote.extensions,
+        "extensions": bazaar.http_extension(r),
         "metadata": {
             "name": entry.name,
             "creator": entry.creator,
@@ -50,17 +55,23 @@ def _item(rt: Runtime, gateway: Any, entry: Listed) -> dict[str, Any] | None:
     }
 
 
-async def _items(rt: Runtime, snap: Snapshot) -> list[tuple[Listed, dict[str, Any], str]]:
-    """Every listed resource with its discovery item and search text, built once per catalog version."""
+async def _items(rt: Runtime, snap: Snapshot) -> list[tuple[Listed, bytes, str]]:
+    """Every payable listed resource with its discovery item (serialized once per resource version) and its search
+    text, once per catalog version."""
     found = snap.derived.get("discovery")
     if found is None:
         gateway = await rt.payments()
         found = []
-        for entry in snap.items:
-            item = _item(rt, gateway, entry)
-            if item is not None:
+        for n, entry in enumerate(snap.items):
+            rendered = entry.derived.get("discovery")
+            if rendered is None:
+                item = _item(rt, gateway, entry)
                 text = " ".join((entry.name, entry.description, entry.creator, entry.slug, *entry.tags)).lower()
-                found.append((entry, item, text))
+                rendered = entry.derived["discovery"] = (None if item is None else json.dumps(item).encode(), text)
+                if n % 100 == 99:
+                    await asyncio.sleep(0)  # a large catalog's first listing lets other requests through
+            if rendered[0] is not None:
+                found.append((entry, *rendered))
         snap.derived["discovery"] = found
     return found
 
@@ -88,9 +99,10 @@ async def discovery_resources(
     if q and q.strip():
         words = q.lower().split()
         entries = [e for e in entries if all(w in e[2] for w in words)]
-    page = [item for _, item, _ in entries[offset : offset + limit]]
-    body = {"x402Version": 2, "items": page, "pagination": {"limit": limit, "offset": offset, "total": len(entries)}}
-    return JSONResponse(body)
+    page = b",".join(item for _, item, _ in entries[offset : offset + limit])
+    pagination = json.dumps({"limit": limit, "offset": offset, "total": len(entries)}).encode()
+    content = b'{"x402Version":2,"items":[' + page + b'],"pagination":' + pagination + b"}"
+    return Response(content, media_type="application/json")
 
 
 def install(app: FastAPI) -> None:

@@ -6,6 +6,7 @@ answer, discovery and the pages.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from instant402.resources.estimate import usd_string
@@ -203,14 +204,24 @@ def output_example(resource: Any) -> dict[str, Any] | None:
     return comp.schema_cache[key]
 
 
+_EXAMPLES: dict[str, Any] = {}  # by schema text: many resources share their parameters' shape
+
+
 def _checked_example(schema: dict[str, Any]) -> Any:
     from jsonschema import Draft202012Validator
 
+    key = json.dumps(schema, sort_keys=True, default=str)
+    if key in _EXAMPLES:
+        return _EXAMPLES[key]
     value = example_from_schema(schema)
     try:
-        return value if Draft202012Validator(schema).is_valid(value) else None
+        value = value if Draft202012Validator(schema).is_valid(value) else None
     except Exception:  # a schema the validator cannot compile: no example rather than a wrong one
-        return None
+        value = None
+    if len(_EXAMPLES) >= 4096:
+        _EXAMPLES.clear()
+    _EXAMPLES[key] = value
+    return value
 
 
 # --- views: what each audience may see of a resource ---------------------------------------------------------------

@@ -59,11 +59,14 @@ def _tool(item: Listed) -> types.Tool:
 
 
 async def _tools(rt: Runtime, creator: str | None) -> list[types.Tool]:
-    snap = await snapshot(rt)
-    tools = snap.derived.get("mcp_tools")
-    if tools is None:
-        tools = snap.derived["mcp_tools"] = {item.tool: _tool(item) for item in snap.items}
-    return [tools[item.tool] for item in snap.scope(creator)]
+    """The tools in scope; each built once per resource version (kept on its discovery entry)."""
+    tools = []
+    for item in (await snapshot(rt)).scope(creator):
+        tool = item.derived.get("mcp_tool")
+        if tool is None:
+            tool = item.derived["mcp_tool"] = _tool(item)
+        tools.append(tool)
+    return tools
 
 
 # --- results ----------------------------------------------------------------------------------------------------
