@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 from decimal import Decimal
 
 import httpx
@@ -96,7 +97,7 @@ async def test_bodyless_probe_gets_a_402_the_sdk_decodes_with_a_valid_bazaar_ext
         assert r.status_code == 402, r.text
         required = read_payment_required(r)  # the SDK's own decoding
         assert required.x402_version == 2 and required.accepts[0].amount == str(price)
-        assert required.resource.url == res["url"]
+        assert required.resource.url == res["url"] and required.resource.service_name == "instant402"
         bazaar = required.extensions["bazaar"]
         assert validate_discovery_extension(bazaar).valid, validate_discovery_extension(bazaar).errors
         assert validate_discovery_extension_spec(bazaar).valid
@@ -148,6 +149,17 @@ async def test_openapi_lists_every_published_resource_as_a_paid_operation(market
         assert Decimal(op["x-payment-info"]["price"]["amount"]) * 10**6 == int(
             read_payment_required(probe).accepts[0].amount
         )
+    # x402scan's checks on every paid operation of the document, each probed without a body.
+    for path, op in paid.items():
+        info = op["x-payment-info"]
+        assert re.fullmatch(r"\d+\.\d{6}", info["price"]["amount"]) and info["protocols"] == [{"x402": {}}]
+        assert op["requestBody"]["content"]["application/json"]["schema"]["type"] == "object"
+        assert op["responses"]["200"]["content"]["application/json"]["schema"]["type"] == "object"
+        assert "402" in op["responses"]
+        probe = market.http.post(path)
+        assert probe.status_code == 402, (path, probe.text)
+        amount = int(read_payment_required(probe).accepts[0].amount)
+        assert Decimal(info["price"]["amount"]) * 10**6 == amount
     json_output = paid[data["path"]]["responses"]["200"]["content"]["application/json"]["schema"]
     assert json_output["properties"]["output"]["properties"]["data"]["required"] == ["answer", "score"]
     # Every published resource of the marketplace is there; a new one appears (the catalog version moved).
@@ -204,7 +216,7 @@ async def test_sandbox_facilitator_catalogs_what_it_settles(market, catalog, buy
     found = {item.resource: item for item in listing.items}
     assert res["url"] in found
     item = found[res["url"]]
-    assert item.type == "http" and item.accepts[0]["amount"] == "10000"
+    assert item.type == "http" and item.accepts[0]["amount"] == "10000" and item.service_name == "instant402"
     assert validate_discovery_extension(item.extensions["bazaar"]).valid
 
 

@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from instant402.discovery import bazaar, openapi
 from instant402.discovery.listing import Listed, Snapshot, snapshot
+from instant402.payments.gateway import SERVICE_NAME
 from instant402.runtime import Runtime
 from instant402.sales import core
 
@@ -40,7 +41,7 @@ def _item(rt: Runtime, gateway: Any, entry: Listed) -> dict[str, Any] | None:
         "lastUpdated": entry.updated_at.isoformat(),
         "description": entry.description,
         "mimeType": "application/json",
-        "serviceName": "instant402",
+        "serviceName": SERVICE_NAME,
         "tags": list(entry.tags),
         "extensions": bazaar.http_extension(r),
         "metadata": {

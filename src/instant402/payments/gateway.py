@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SCHEME = "exact"
+SERVICE_NAME = "instant402"
 MAX_HEADER_CHARS = 16_384  # a real PAYMENT-SIGNATURE is ~1 KB; anything far larger is refused before decoding
 
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
@@ -113,6 +114,7 @@ class PaymentGateway:
         self.server.register(network, ExactEvmServerScheme())
         self.server.register_extension(bazaar_resource_server_extension)
         self._started = False
+        self.service_name = SERVICE_NAME  # Bazaar catalogs group a service's resources under it
 
     @classmethod
     def from_settings(cls, settings: Settings, facilitator: Any = None) -> PaymentGateway:
@@ -179,7 +181,9 @@ class PaymentGateway:
         return PaymentRequired(
             x402_version=2,
             error=error,
-            resource=ResourceInfo(url=resource_url, description=description, mime_type=mime_type),
+            resource=ResourceInfo(
+                url=resource_url, description=description, mime_type=mime_type, service_name=self.service_name
+            ),
             accepts=[requirements],
             extensions=extensions or None,
         )

@@ -36,11 +36,10 @@ from instant402.discovery.listing import Listed, parse_tool_name, snapshot, tool
 from instant402.errors import ApiError, error_body
 from instant402.execution import jobs
 from instant402.execution.media import parse_media_name
-from instant402.payments.gateway import PaymentError
+from instant402.payments.gateway import SERVICE_NAME, PaymentError
 from instant402.runtime import Runtime
 from instant402.sales import core
 
-SERVICE_NAME = "instant402"
 TOOLS_PAGE = 500
 POLL_SECONDS = 1.0
 INSTRUCTIONS = (
