@@ -256,6 +256,9 @@ async def test_mcp_session_lists_tools_refuses_bad_arguments_and_pays_exactly(ma
         assert validate_discovery_extension(required["extensions"]["bazaar"]).valid
         assert (chain.balance_of(buyer.address), chain.balance_of(seller.payout)) == before
 
+        # A payment that is not an x402 payload: the payment-required result with the reason, nothing charged.
+        junk = await session.call_tool(tool.name, {"topic": "rain"}, meta={"x402/payment": {"nonsense": True}})
+        assert junk.is_error and junk.structured_content["error"] == "invalid_payload"
         # Text.
         result = await paid.call_tool(tool.name, {"topic": "rain"})
         assert not result.is_error and result.payment_made, result.content
@@ -341,3 +344,25 @@ async def test_a_payment_via_mcp_is_refused_on_the_http_route_afterwards(market,
         again = await http.post(res["url"], json={"topic": "fog"}, headers=headers)
     assert again.status_code == 402 and again.json()["error"]["code"] == "payment_invalid"
     assert market.devnet.balance_of(buyer.address) == after
+
+
+async def test_a_failed_run_over_mcp_is_not_charged(market, catalog, buyer):
+    seller = market.seller()
+    res = market.publish(seller)
+    name = f"{seller.username}__{res['path'].rsplit('/', 1)[1]}"
+    market.emulator.fault(status=500, key=seller.openrouter_key)
+    chain = market.devnet
+    before = chain.balance_of(buyer.address), chain.balance_of(seller.payout)
+    try:
+        async with Client(f"{market.url}/mcp/{seller.username}") as session:
+            paid = x402MCPClient(
+                McpToolCaller(session), make_buyer_client(buyer.private_key, allow_assets=market.allow_assets)
+            )
+            result = await paid.call_tool(name, {"topic": "storms"})
+    finally:
+        market.emulator.clear_faults()
+    assert result.is_error and result.payment_made and result.payment_response is None
+    error = json.loads(result.content[0]["text"])["error"]
+    assert error["details"]["charged"] is False
+    assert seller.openrouter_key not in result.content[0]["text"] and "poet" not in result.content[0]["text"]
+    assert (chain.balance_of(buyer.address), chain.balance_of(seller.payout)) == before

@@ -170,7 +170,9 @@ async def call_tool(
         prepared = await core.prepare(rt, *address, arguments or {}, client_ip=client_ip)
         if meta.get(MCP_PAYMENT_META_KEY) is None:
             return await _payment_required(prepared, name, "Payment required to call this tool.")
-        payload = extract_payment_from_meta({"_meta": meta})
+        payload = extract_payment_from_meta({"_meta": meta})  # the SDK's reading: None when not a PaymentPayload
+        if payload is None:
+            return await _payment_required(prepared, name, "invalid_payload")
         try:
             payload = prepared.gateway.check_payload(payload)
         except PaymentError as exc:
