@@ -15,14 +15,12 @@ from x402.extensions.payment_identifier import append_payment_identifier_to_exte
 from x402.http import x402HTTPClient
 
 from instant402.catalog.sync import sync_catalog
-from instant402.devnet import rpc_app
 from instant402.payments.buyer import make_buyer_client, read_payment_required
 from instant402.payments.models import KeptResult, PaymentClaim
 from instant402.runtime import Runtime
 from instant402.sales import settlement
 from instant402.usage.models import UsageRecord
 from tests.support.market import live_market
-from tests.support.servers import serve_in_thread
 
 pytestmark = pytest.mark.slow
 
@@ -49,19 +47,13 @@ class ScriptedFacilitator:
 
 
 @pytest.fixture(scope="module")
-def chain_rpc(devnet):
-    with serve_in_thread(rpc_app(devnet)) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
 def scripted(devnet_facilitator):
     return ScriptedFacilitator(devnet_facilitator)
 
 
 @pytest.fixture(scope="module")
-def market(settings_overrides, emulator_server, devnet, scripted, chain_rpc, migrated):
-    with live_market(settings_overrides, emulator_server, devnet, scripted, chain_rpc_url=chain_rpc) as m:
+def market(settings_overrides, emulator_server, devnet, scripted, devnet_rpc, migrated):
+    with live_market(settings_overrides, emulator_server, devnet, scripted, chain_rpc_url=devnet_rpc) as m:
         yield m
 
 

@@ -52,10 +52,11 @@ async def execute(rt: Runtime, job_id: int, worker_id: str, settling: set[int] |
         except OverCapacity:
             raise Requeue() from None
         await _replace_hold(rt, job, outcome.billed_usd)
+        earlier = await _earlier_runs(rt, job)
         if outcome.failure is not None:
-            await finish_usage(rt, job.usage_id, outcome)
+            await finish_usage(rt, job.usage_id, outcome, **earlier(outcome))
             return await _fail(rt, job, worker_id, outcome.failure.to_api_error(), None)
-        await finish_usage(rt, job.usage_id, outcome, status=UsageStatus.running)
+        await finish_usage(rt, job.usage_id, outcome, status=UsageStatus.running, **earlier(outcome))
         result = success_body(outcome, None)
         # Kept before settling: a restart after this point settles without running the model again.
         await _update(rt, job, worker_id, result=result)
@@ -67,9 +68,12 @@ async def execute(rt: Runtime, job_id: int, worker_id: str, settling: set[int] |
 async def _settle(
     rt: Runtime, job: Job, worker_id: str, result: dict[str, Any], valid_before: float, resumed: bool = False
 ) -> str:
+    payload = PaymentPayload.model_validate(job.payment_payload)
+    requirements = PaymentRequirements.model_validate(job.requirements)
     if resumed:
         # An earlier run of this job delivered and may have settled before its process died: ask the chain (or
         # the facilitator, while the authorization is valid) before settling again.
+        await settlement.keep(rt, job.usage_id, result, payload, requirements, {})
         status = await settlement.resolve(rt, job.usage_id)
         if status == UsageStatus.succeeded:
             return await _deliver_kept(rt, job, worker_id, result)
@@ -79,8 +83,6 @@ async def _settle(
     if time.time() >= valid_before:
         return await _fail(rt, job, worker_id, _expired(), "the payment authorization expired before settlement")
     gateway = await rt.payments()
-    payload = PaymentPayload.model_validate(job.payment_payload)
-    requirements = PaymentRequirements.model_validate(job.requirements)
     started = time.perf_counter()
     try:
         outcome = await settle_and_record(rt, gateway, job.usage_id, payload, requirements, result)
@@ -106,6 +108,24 @@ async def _settle(
         finished_at=utcnow(),
     )
     return JobState.succeeded
+
+
+async def _earlier_runs(rt: Runtime, job: Job):
+    """A job run again after a crash adds its upstream cost and attempts to the earlier runs' (the creator's key
+    paid for each), instead of overwriting them."""
+    async with rt.db.sessions() as db:
+        row = await db.get(UsageRecord, job.usage_id)
+        cost, attempts = row.upstream_cost, row.upstream_attempts or 0
+
+    def totals(outcome) -> dict[str, Any]:
+        if not cost and not attempts:
+            return {}
+        return {
+            "upstream_cost": (cost or 0) + (outcome.billed_usd or 0),
+            "upstream_attempts": attempts + len(outcome.attempts),
+        }
+
+    return totals
 
 
 # The facilitator's answer when the authorization's nonce is already spent on chain.
