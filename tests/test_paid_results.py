@@ -275,3 +275,37 @@ async def test_a_payment_for_another_resource_or_without_one_is_refused(market, 
         assert r.status_code == 402, r.text
         assert r.json()["error"]["details"]["x402"]["error"] == "resource_mismatch"
     assert devnet.balance_of(buyer.address) == 100_000
+
+
+@pytest.mark.parametrize(
+    ("timeout", "reason"),
+    [(10**30, "valid_before_too_far"), (10, "payment_expires_too_soon")],
+    ids=["validBefore-10^30", "validBefore-in-10s"],
+)
+async def test_a_payment_valid_too_long_or_too_briefly_is_refused_before_any_claim(
+    market, catalog, devnet, database, timeout, reason
+):
+    seller = market.seller()
+    res = market.publish(seller)
+    buyer = devnet.new_account(usdc=100_000)
+    async with httpx.AsyncClient(timeout=30) as http:
+        required = read_payment_required(await http.post(res["url"], json={"topic": "x"}))
+        # The buyer's SDK signs validBefore = now + maxTimeoutSeconds of the requirement it was shown.
+        required.accepts[0].max_timeout_seconds = timeout
+        client = _client(market, buyer)
+        headers = x402HTTPClient(client).encode_payment_signature_header(await client.create_payment_payload(required))
+        r = await http.post(res["url"], json={"topic": "x"}, headers=headers)
+    assert r.status_code == 402, r.text
+    assert r.json()["error"]["details"]["x402"]["error"] == reason
+    async with database.sessions() as db:
+        assert (await db.scalars(select(PaymentClaim))).all() == []
+    assert devnet.balance_of(buyer.address) == 100_000
+
+
+async def test_an_oversized_integer_in_the_body_is_a_400_not_a_500(market, catalog):
+    seller = market.seller()
+    res = market.publish(seller)
+    body = b'{"topic": ' + b"9" * 5000 + b"}"
+    async with httpx.AsyncClient(timeout=30) as http:
+        r = await http.post(res["url"], content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "malformed_json"
