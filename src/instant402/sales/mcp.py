@@ -84,7 +84,7 @@ def _wire(result: MCPToolResult) -> types.CallToolResult:
 
 
 def _error(err: ApiError) -> types.CallToolResult:
-    body = error_body(err.code, err.message, {**err.details, "charged": False})
+    body = error_body(err.code, err.message, {"charged": False, **err.details})  # None: settlement unknown yet
     return _wire(
         MCPToolResult(content=[{"type": "text", "text": json.dumps(body)}], is_error=True, structured_content=body)
     )
@@ -117,7 +117,8 @@ async def _payment_required(prepared: core.Prepared, name: str, message: str) ->
             service_name=SERVICE_NAME,
             tags=tags,
         ),
-        extensions=_mcp_extension(r, name),
+        # The quote's extensions (e.g. payment identifiers), with the tool's own Bazaar declaration.
+        extensions={**q.extensions, **_mcp_extension(r, name)},
     )
     result = await _create_payment_required_result_async(prepared.gateway.server, name, config, message)
     return _wire(result)
@@ -184,7 +185,8 @@ async def call_tool(
             return await _wait_for_job(rt, ctx, outcome)
     except ApiError as err:
         return _error(err)
-    return await _delivered(rt, outcome.body, outcome.settle.response if outcome.settle else None)
+    # The encoded settlement (also that of a kept result delivered again) as the SDK's SettleResponse.
+    return await _delivered(rt, outcome.body, decode_payment_response_header(outcome.payment_response))
 
 
 async def _wait_for_job(rt: Runtime, ctx: Any, queued: core.Queued) -> types.CallToolResult:
