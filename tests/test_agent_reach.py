@@ -272,8 +272,11 @@ async def test_mcp_session_lists_tools_refuses_bad_arguments_and_pays_exactly(ma
         assert not answered.is_error, answered
         assert set(answered.structured_content) == {"answer", "score"}
         assert answered.meta["x402/payment-response"]["success"] is True
-        # The same payment again: refused, nothing more charged.
-        replay = await session.call_tool(rater, {"topic": "tea"}, meta={"x402/payment": dump(payload)})
+        # The same payment again for the same call: the kept result, no new charge (a lost answer can be fetched
+        # again); for another call: refused.
+        again = await session.call_tool(rater, {"topic": "tea"}, meta={"x402/payment": dump(payload)})
+        assert not again.is_error and again.structured_content == answered.structured_content
+        replay = await session.call_tool(rater, {"topic": "coffee"}, meta={"x402/payment": dump(payload)})
         # (Refused by the claim, or earlier by the facilitator when the nonce is already spent on chain.)
         assert replay.is_error and replay.structured_content["error"].endswith("already_used")
         # Image (a long run: polled with progress until done).
@@ -326,7 +329,7 @@ def dump(payload) -> dict:
     return payload.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-async def test_a_payment_via_mcp_is_refused_on_the_http_route_afterwards(market, catalog, buyer):
+async def test_a_payment_via_mcp_buys_one_call_whichever_door_it_comes_through(market, catalog, buyer):
     seller = market.seller()
     res = market.publish(seller)
     name = f"{seller.username}__{res['path'].rsplit('/', 1)[1]}"
@@ -341,8 +344,13 @@ async def test_a_payment_via_mcp_is_refused_on_the_http_route_afterwards(market,
 
     headers = x402HTTPClient(payer).encode_payment_signature_header(payload)
     async with httpx.AsyncClient(timeout=60) as http:
-        again = await http.post(res["url"], json={"topic": "fog"}, headers=headers)
-    assert again.status_code == 402 and again.json()["error"]["code"] == "payment_invalid"
+        # The same call on the HTTP route: the result kept from the MCP sale, no new charge.
+        same = await http.post(res["url"], json={"topic": "fog"}, headers=headers)
+        assert same.status_code == 200, same.text
+        assert same.json()["output"]["text"] == ok.content[0].text
+        # Another call: refused.
+        other = await http.post(res["url"], json={"topic": "snow"}, headers=headers)
+    assert other.status_code == 402 and other.json()["error"]["code"] == "payment_invalid"
     assert market.devnet.balance_of(buyer.address) == after
 
 
