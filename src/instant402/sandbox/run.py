@@ -204,7 +204,9 @@ def _print_banner(settings: Settings, manifest: dict, demo, buyer_key_file: Path
         f"  demo creator    {demo.username} / {password}",
         f"  emulator        {settings.openrouter_base_url}  ({SANDBOX_CONTROL_HINT.format(emulator=emulator_root)})",
         f"  chain JSON-RPC  {manifest['rpc_url']}   network {manifest['network']}  token {manifest['asset']}",
-        f"  facilitator     {manifest['facilitator_url']}",
+        f"  facilitator     {manifest['facilitator_url']}  (its Bazaar catalog: /discovery/resources)",
+        f"  for agents      MCP {settings.public_url}/mcp   OpenAPI {settings.public_url}/openapi.json   "
+        f"listing {settings.public_url}/discovery/resources",
         f"  manifest        {settings.data_dir / 'sandbox.json'}",
         "",
         "  Pay a demo resource from another terminal:",
