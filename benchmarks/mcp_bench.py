@@ -2,7 +2,7 @@
 
 One process: the devnet chain with the SDK facilitator in process, the marketplace under uvicorn (SQLite), the
 OpenRouter emulator, and the buyers here (the SDK's x402 client; for MCP the official ``mcp`` client with the SDK's
-``x402MCPClient``, one session kept open as an agent would).
+``x402MCPClient``, one session kept open as an agent would; for HTTP the SDK's paying httpx client, kept open too).
 
 Reported (not asserted), each sequential:
 - the unpaid answer: HTTP 402 vs the MCP payment-required result (the door's own cost, no chain);
@@ -28,13 +28,14 @@ import httpx
 from mcp import Client
 from tests.support.emulator import running_emulator
 from tests.support.market import live_market
+from x402.http.clients import x402HttpxClient
 from x402.mcp import x402MCPClient
 
 from instant402.config import Mode, Settings
 from instant402.db import Database
 from instant402.db.migrate import upgrade
 from instant402.devnet import Devnet, build_facilitator
-from instant402.payments.buyer import McpToolCaller, make_buyer_client, pay_url
+from instant402.payments.buyer import McpToolCaller, make_buyer_client
 
 
 def pct(values: list[float], q: float) -> float:
@@ -79,12 +80,16 @@ async def main(calls: int) -> None:
         body = {"topic": "rain"}
         unpaid = {"http": [], "mcp": []}
         paid = {"http": [], "mcp": []}
-        async with httpx.AsyncClient(timeout=60) as http, Client(f"{market.url}/mcp") as session:
+        async with (
+            httpx.AsyncClient(timeout=60) as http,
+            x402HttpxClient(buyer, timeout=60) as paying,  # the SDK's paying transport, kept open like the session
+            Client(f"{market.url}/mcp") as session,
+        ):
             mcp = x402MCPClient(McpToolCaller(session), buyer, auto_payment=True)
 
             async def http_paid():
-                r = await pay_url(buyer, res["url"], json=body)
-                assert r.response.status_code == 200, r.response.text
+                r = await paying.post(res["url"], json=body)
+                assert r.status_code == 200, r.text
 
             async def mcp_paid():
                 r = await mcp.call_tool(tool, body)

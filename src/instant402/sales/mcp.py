@@ -93,6 +93,9 @@ def _error(err: ApiError) -> types.CallToolResult:
 _EXTENSIONS: dict[tuple, dict[str, Any]] = {}
 
 
+_FIRST_ANSWERS: dict[tuple, MCPToolResult] = {}  # the payment-required result before any payment, per tool version
+
+
 def _mcp_extension(resource: Any, name: str) -> dict[str, Any]:
     key = (resource.id, resource.version, resource.created_at, name)
     found = _EXTENSIONS.get(key)
@@ -103,9 +106,24 @@ def _mcp_extension(resource: Any, name: str) -> dict[str, Any]:
     return found
 
 
-async def _payment_required(prepared: core.Prepared, name: str, message: str) -> types.CallToolResult:
+async def _payment_required(prepared: core.Prepared, name: str, message: str | None = None) -> types.CallToolResult:
     """The SDK's MCP payment-required result (``x402.mcp``), for the resource's URL: a payment made here or on the
-    paid route is the same payment, used once."""
+    paid route is the same payment, used once. The first answer (no payment yet) is built once per quote."""
+    if message is not None:
+        return _wire(await _build_payment_required(prepared, name, message))
+    r, req = prepared.resource, prepared.quote.requirements
+    key = (r.id, r.version, r.created_at, prepared.quote.url, req.pay_to, req.max_timeout_seconds, name)
+    found = _FIRST_ANSWERS.get(key)
+    if found is None:
+        if len(_FIRST_ANSWERS) >= 4096:
+            _FIRST_ANSWERS.clear()
+        found = _FIRST_ANSWERS[key] = await _build_payment_required(
+            prepared, name, "Payment required to call this tool."
+        )
+    return _wire(found)
+
+
+async def _build_payment_required(prepared: core.Prepared, name: str, message: str) -> MCPToolResult:
     r, q = prepared.resource, prepared.quote
     tags = [t for t in (r.tags or ()) if 0 < len(t) <= 32][:5] or None
     config = PaymentWrapperConfig(
@@ -120,8 +138,7 @@ async def _payment_required(prepared: core.Prepared, name: str, message: str) ->
         # The quote's extensions (e.g. payment identifiers), with the tool's own Bazaar declaration.
         extensions={**q.extensions, **_mcp_extension(r, name)},
     )
-    result = await _create_payment_required_result_async(prepared.gateway.server, name, config, message)
-    return _wire(result)
+    return await _create_payment_required_result_async(prepared.gateway.server, name, config, message)
 
 
 async def _content(rt: Runtime, output: dict[str, Any]) -> tuple[list[dict[str, Any]], Any]:
@@ -170,7 +187,7 @@ async def call_tool(
         # Validation first: bad arguments are an error result before any payment is asked for.
         prepared = await core.prepare(rt, *address, arguments or {}, client_ip=client_ip)
         if meta.get(MCP_PAYMENT_META_KEY) is None:
-            return await _payment_required(prepared, name, "Payment required to call this tool.")
+            return await _payment_required(prepared, name)
         payload = extract_payment_from_meta({"_meta": meta})  # the SDK's reading: None when not a PaymentPayload
         if payload is None:
             return await _payment_required(prepared, name, "invalid_payload")
