@@ -198,6 +198,11 @@ async def test_marketplace_discovery_listing_in_the_facilitator_format(market, c
     second = market.http.get("/discovery/resources", params={"limit": 1, "offset": 1}).json()
     assert first["pagination"] == {"limit": 1, "offset": 0, "total": total}
     assert first["items"][0]["resource"] != second["items"][0]["resource"]
+    # A new payout address is listed at once (the catalog version follows the creators too).
+    payout = market.devnet.new_account().address
+    assert market.http.patch("/api/v1/me", json={"payout_address": payout}, headers=seller.headers).status_code == 200
+    r = market.http.get("/discovery/resources", params={"q": text["path"].rsplit("/", 1)[1], "limit": 100}).json()
+    assert [i["accepts"][0]["payTo"] for i in r["items"]] == [payout]
     for bad in ({"limit": 0}, {"limit": 101}, {"offset": -1}, {"limit": "x"}):
         r = market.http.get("/discovery/resources", params=bad)
         assert r.status_code == 422 and r.json()["error"]["code"]

@@ -2,8 +2,9 @@
 
 Every discovery door (the buyers' OpenAPI, the discovery listing, MCP's tool list) reads the same snapshot: the
 published resources with what a buyer needs to call them. The snapshot is rebuilt only when the catalog version
-changes (how many resources are published, and the latest change to any of them), and then only the resources that
-changed are read and prepared again (with a pause every few, so a large catalog never holds the event loop long).
+changes (how many resources are published, the latest change to any of them or their creators), and then only the
+resources that changed are read and prepared again (with a pause every few, so a large catalog never holds the event
+loop long).
 Each entry keeps what the doors built from it (``derived``), so an unchanged resource is never rendered twice.
 """
 
@@ -78,8 +79,11 @@ class Snapshot:
 
 
 _resources, _users = Resource.__table__, User.__table__
-_VERSION = select(func.count(_resources.c.id), func.max(_resources.c.updated_at)).where(
-    _resources.c.status == "published"
+# A creator's payout address is part of what is listed: their row's changes count too.
+_VERSION = (
+    select(func.count(_resources.c.id), func.max(_resources.c.updated_at), func.max(_users.c.updated_at))
+    .join(_users, _users.c.id == _resources.c.owner_id)
+    .where(_resources.c.status == "published")
 )
 _STAMPS = (
     select(
@@ -107,8 +111,8 @@ _locks: weakref.WeakKeyDictionary[Runtime, asyncio.Lock] = weakref.WeakKeyDictio
 
 async def catalog_version(rt: Runtime) -> tuple:
     async with rt.db.sessions() as db:
-        count, latest = (await (await db.connection()).execute(_VERSION)).one()
-    return (int(count or 0), latest.isoformat() if latest else None)
+        count, latest, owners = (await (await db.connection()).execute(_VERSION)).one()
+    return (int(count or 0), latest.isoformat() if latest else None, owners.isoformat() if owners else None)
 
 
 async def snapshot(rt: Runtime) -> Snapshot:
