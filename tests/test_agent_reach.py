@@ -318,6 +318,10 @@ async def test_mcp_all_creators_endpoint_and_unknown_tools(market, catalog):
         assert name in names
         missing = await session.call_tool("nobody__nothing", {})
         assert missing.is_error and "not_found" in missing.content[0].text
+    # Stateless: no standalone stream to open (a crawler's GET must not hang), nothing to delete.
+    for method in ("GET", "DELETE"):
+        r = market.http.request(method, "/mcp")
+        assert r.status_code == 405 and r.headers["Allow"] == "POST"
     async with Client(f"{market.url}/mcp/someone-else") as session:
         assert (await session.list_tools()).tools == []
         other = await session.call_tool(name, {"topic": "x"})

@@ -23,6 +23,7 @@ import mcp.types as types
 from fastapi import FastAPI
 from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from starlette.responses import JSONResponse
 from starlette.routing import Route
 from x402.http import decode_payment_response_header
 from x402.mcp import MCP_PAYMENT_META_KEY, MCPToolResult, PaymentWrapperConfig
@@ -270,20 +271,41 @@ def build_server(app: FastAPI) -> Server:
     )
 
 
+class _Door:
+    """The streamable HTTP transport, once the app's lifespan has started it; before that (an app served without
+    its lifespan) a 503 in the one error shape rather than the transport's error."""
+
+    def __init__(self, manager: StreamableHTTPSessionManager):
+        self.transport = StreamableHTTPASGIApp(manager)
+        self.started = False
+
+    async def __call__(self, scope, receive, send) -> None:
+        if self.started:
+            await self.transport(scope, receive, send)
+            return
+        body = error_body("mcp_unavailable", "The MCP endpoint is not running in this process.", {})
+        await JSONResponse(body, status_code=503)(scope, receive, send)
+
+
 def install(app: FastAPI) -> None:
     """Serve MCP at ``/mcp`` and ``/mcp/{creator}`` (stateless streamable HTTP; SSE answers carry progress)."""
     manager = StreamableHTTPSessionManager(app=build_server(app), stateless=True)
-    endpoint = StreamableHTTPASGIApp(manager)
-    app.state.mcp = manager
+    door = app.state.mcp = _Door(manager)
+    # POST only: stateless, there is no session to delete and no standalone stream to open with GET (405).
     for path in ("/mcp", "/mcp/{creator}"):
-        app.router.routes.append(Route(path, endpoint=endpoint, methods=["GET", "POST", "DELETE"]))
+        app.router.routes.append(Route(path, endpoint=door, methods=["POST"]))
 
 
 @contextlib.asynccontextmanager
 async def running(app: FastAPI) -> AsyncIterator[None]:
     """The MCP session manager's task group, for the app's lifespan."""
-    async with app.state.mcp.run():
-        yield
+    door: _Door = app.state.mcp
+    async with door.transport.session_manager.run():
+        door.started = True
+        try:
+            yield
+        finally:
+            door.started = False
 
 
 __all__ = ["call_tool", "install", "running", "tool_name"]
