@@ -657,11 +657,15 @@ async def settle_and_record(
     requirements: PaymentRequirements,
     result: dict[str, Any],
     outcome: RunOutcome | None = None,
+    *,
+    kept: bool = False,
 ) -> Outcome:
     """Keep the delivered result, settle, then record: the result goes out only when the money moved, and once it
     may have moved the buyer can always have it. ``outcome`` is the run's, when its figures are not on the usage
-    row yet. An unknown settlement outcome is recorded as pending and answered 503 (re-send the same payment)."""
-    await settlement.keep(rt, usage_id, result, payload, requirements, outcome_fields(outcome) if outcome else {})
+    row yet; ``kept`` when the result is kept already. An unknown settlement outcome is recorded as pending and
+    answered 503 (re-send the same payment)."""
+    if not kept:
+        await settlement.keep(rt, usage_id, result, payload, requirements, outcome_fields(outcome) if outcome else {})
     started = time.perf_counter()
     settled = await gateway.settle(payload, requirements)
     settle_ms = int((time.perf_counter() - started) * 1000)
