@@ -138,7 +138,7 @@ async def home(request: Request, user: User | None = Depends(page_user), db: Asy
     )
 
 
-@router.post("/notices/dismiss")
+@router.post("/dashboard/notices/dismiss")
 async def dismiss_notices(request: Request, user: User = Depends(require_user), db: AsyncSession = Depends(get_db)):
     """Mark the posted notices (``ids``, comma separated) as read; "all" marks every notice."""
     form = await read_form(request)

@@ -138,8 +138,7 @@ async def save_limits(request: Request, user: User = Depends(require_user), db: 
     changes = {name: text(form, name) or None for name in budgets.LIMIT_FIELDS}
     try:
         await budgets.update_limits(request.app.state.runtime, db, user.id, changes)
-    except ApiError as err:
-        await db.rollback()
+    except ApiError as err:  # checked before anything is written
         values = {k: v or "" for k, v in changes.items()}
         return await _page(request, db, user, err.status, errors=field_errors(err), limit_values=values)
     return await _page(request, db, user, message="Cost limits and webhook saved.")
