@@ -101,7 +101,7 @@ async def scripted_mix(database, rid: int, owner: int) -> None:
                 row(rid, owner, "settle_failed", category="payment", code="invalid_nonce"),
                 row(rid, owner, "refused", category="payment", code="insufficient_funds", cost=None),
                 row(rid, owner, "running", cost=None),
-                row(rid, owner, "settlement_pending"),  # a status this page has not heard of: pending
+                row(rid, owner, "pending_settle"),  # a status this page has not heard of counts as pending
                 row(rid, owner, "succeeded", kind="test"),
                 row(rid, owner, "failed", kind="test", cost=None),
             ]
