@@ -42,6 +42,7 @@ async def owner_page(
     db: AsyncSession,
     *,
     action_errors: dict[str, str] | None = None,
+    confirm_publish: bool = False,
     status_code: int = 200,
 ):
     resource = await resources.get_own(db, user, resource_id)
@@ -60,6 +61,7 @@ async def owner_page(
     settings = request.app.state.settings
     base = {k: v for k, v in {"status": status, "kind": kind}.items() if v}
     parameters = public_parameters(resource)
+    estimate = resources.estimate_cost(resource, resource.model)
     return render(
         request,
         "resource_owner.html",
@@ -69,7 +71,7 @@ async def owner_page(
         endpoint=endpoint_url(settings.public_url, user.username, resource.slug),
         parameters=parameters,
         examples={p["name"]: example_value(p) for p in parameters},
-        estimate=resources.estimate_cost(resource, resource.model),
+        estimate=estimate,
         summary=summary,
         days=days,
         ranges=RANGES,
@@ -84,6 +86,8 @@ async def owner_page(
         kinds=KINDS,
         link=lambda **c: f"/resources/{resource.id}?" + urlencode({**base, **c}),
         action_errors=action_errors or {},
+        confirm_publish=confirm_publish,
+        margin_negative=estimate.margin_typical < 0,
     )
 
 

@@ -80,6 +80,14 @@ function setupEditor(form) {
       list.appendChild(document.createTextNode(" "));
     });
     box.hidden = missing.length === 0;
+    // The reverse: a parameter neither template uses is flagged on its row.
+    $$(".param-row", rows).forEach((row) => {
+      const name = $("[data-param-name]", row).value.trim();
+      const note = $("[data-unused-note]", row);
+      if (!note) return;
+      note.hidden = !name || names.includes(name);
+      $("[data-unused-name]", note).textContent = name;
+    });
   }
   $$(".param-row", rows).forEach(showForType);
   $("[data-add-param]", form).addEventListener("click", () => addRow(""));
@@ -87,7 +95,15 @@ function setupEditor(form) {
     if (e.target.matches("[data-remove-param]")) { e.target.closest(".param-row").remove(); detect(); estimateSoon(); }
   });
   rows.addEventListener("change", (e) => { if (e.target.matches("[data-param-type]")) showForType(e.target.closest(".param-row")); });
-  form.addEventListener("input", (e) => { if (e.target.matches("[data-template], [data-param-name]")) detect(); estimateSoon(); });
+  form.addEventListener("input", (e) => {
+    if (e.target.matches("[data-template], [data-param-name]")) detect();
+    // A default is what makes a parameter optional: typing one unticks "Required" (as the server does).
+    if (e.target.matches("[name$='-default']") && e.target.value.trim()) {
+      const required = $("[data-param-required]", e.target.closest(".param-row"));
+      if (required) required.checked = false;
+    }
+    estimateSoon();
+  });
   form.addEventListener("change", estimateSoon);
 
   const kind = $("[data-output-kind]", form);
