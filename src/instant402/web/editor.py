@@ -21,13 +21,14 @@ from instant402.accounts.models import User
 from instant402.config import Settings
 from instant402.deps import get_db, get_settings
 from instant402.errors import ApiError
+from instant402.payments.compare import MAX_MODELS
 from instant402.resources import service
 from instant402.resources.estimate import ATOMIC_PER_USD, atomic_to_usd
-from instant402.resources.schemas import public_view
+from instant402.resources.schemas import public_parameters, public_view
 from instant402.resources.templates import TemplateError, compile_template
 from instant402.resources.validation import ResourceIn, ResourcePatch
 from instant402.web.common import field_errors, page_router, read_form, require_user
-from instant402.web.public import public_context
+from instant402.web.public import example_value, public_context
 from instant402.web.rendering import money, render
 
 router = page_router()
@@ -369,7 +370,18 @@ async def edit_page(
         values["model_id"] = picked
     message = "Saved." if request.query_params.get("saved") else None
     estimate = service.estimate_cost(resource, resource.model)
-    return _editor(request, user, values, resource=resource, message=message, estimate=estimate)
+    parameters = public_parameters(resource)
+    return _editor(
+        request,
+        user,
+        values,
+        resource=resource,
+        message=message,
+        estimate=estimate,
+        compare_params=parameters,
+        compare_examples={p["name"]: example_value(p) for p in parameters},
+        compare_max=MAX_MODELS,
+    )
 
 
 @router.post("/resources/{resource_id}/edit")
