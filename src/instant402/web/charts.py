@@ -21,10 +21,10 @@ _STYLE = Style(
     foreground_subtle="#dde1e6",
     colors=("#1e7d32", "#b3261e", "#a15c00"),
     font_family="system-ui, sans-serif",
-    label_font_size=11,
-    major_label_font_size=11,
-    legend_font_size=12,
-    title_font_size=14,
+    label_font_size=13,
+    major_label_font_size=13,
+    legend_font_size=14,
+    title_font_size=16,
 )
 
 
@@ -58,6 +58,7 @@ def _chart(
     today: date,
     empty: str,
     whole: bool = False,
+    narrow: bool = False,
 ) -> Markup:
     if not any(v for values in series.values() for v in values):
         # No axes over nothing: say what the chart will show.
@@ -66,8 +67,8 @@ def _chart(
         )
     chart = pygal.Bar(
         style=_STYLE,
-        width=640,
-        height=280,
+        width=360 if narrow else 640,
+        height=300 if narrow else 280,
         title=title,
         js=[],  # pygal links a tooltip script from the internet by default: pages load nothing from outside
         disable_xml_declaration=True,
@@ -82,13 +83,13 @@ def _chart(
     )
     labels = [_label(d, today) for d in days]
     chart.x_labels = labels
-    major = labels[:: max(1, len(days) // 6)]
+    major = labels[:: max(1, len(days) // (3 if narrow else 6))]
     if labels and labels[-1] not in major:
         major.append(labels[-1])  # today's bar is always labelled
     chart.x_labels_major = major
     top = max((max(v, default=Decimal(0)) for v in series.values()), default=Decimal(0))
     # Ticks chosen here, exactly, and drawn through the same formatter as the values.
-    chart.y_labels = [float(t) for t in nice_ticks(top, whole=whole)]
+    chart.y_labels = [float(t) for t in nice_ticks(top, 4 if narrow else 5, whole=whole)]
     for name, values in series.items():
         # The drawing needs heights only: floats are fine here; labels come from the exact values.
         chart.add(name, [{"value": float(v), "label": f"{name}: {value_format(v)}"} for v in values])
@@ -96,6 +97,14 @@ def _chart(
     # Values on hover without a script: each bar's description becomes an SVG <title>, which browsers show.
     svg = re.sub(r'<desc class="label">(.*?)</desc>', r"<title>\1</title>", svg)
     return Markup(svg.replace("<svg ", f'<svg role="img" aria-label="{title}" ', 1))  # noqa: S704 pygal's own SVG
+
+
+def _both(*args, **kwargs) -> Markup:
+    """The chart drawn for wide screens and again, with fewer labels and larger text, for phones (CSS shows one)."""
+    wide, narrow = _chart(*args, **kwargs), _chart(*args, **kwargs, narrow=True)
+    if wide == narrow:  # an empty state is the same at any width
+        return wide
+    return Markup('<div class="chart-wide">{}</div><div class="chart-narrow">{}</div>').format(wide, narrow)
 
 
 def _count(value: Decimal) -> str:
@@ -106,7 +115,7 @@ def usage_charts(series: list[tuple[date, Totals]], today: date | None = None) -
     """Two charts for a list of daily totals: paid calls by outcome, and earnings against upstream cost."""
     days = [d for d, _ in series]
     today = today or (days[-1] if days else None)
-    calls = _chart(
+    calls = _both(
         "Paid calls per day",
         days,
         {
@@ -119,7 +128,7 @@ def usage_charts(series: list[tuple[date, Totals]], today: date | None = None) -
         whole=True,
         empty="No paid calls in this period yet. Settled, failed and refused calls will show here per day.",
     )
-    money_chart = _chart(
+    money_chart = _both(
         "Earnings and upstream cost per day",
         days,
         {"Earnings": [t.earnings_usd for _, t in series], "Upstream cost": [t.upstream_cost_usd for _, t in series]},
