@@ -317,7 +317,42 @@ function setupCompare(form) {
   });
 }
 
+// ---- public "try it": follow a long run's job until it is done ------------------------------------------------
+
+function followJob(box) {
+  const url = new URL(box.dataset.followJob, window.location.href);
+  const path = url.pathname;  // same origin: the page only ever asks its own server
+  const state = $("[data-job-state]", box);
+  async function poll() {
+    const { status, data } = await api("GET", path);
+    if (status === 200 && data && data.state === "succeeded") {
+      box.innerHTML = "";
+      box.appendChild(el("h3", {}, "Answer"));
+      renderOutput(box, data.output);
+      if (data.receipt) {
+        const dl = el("dl", { class: "facts", "data-testid": "receipt" });
+        [["Transaction", data.receipt.transaction], ["Paid", money(Number(data.receipt.amount) / 1e6)]].forEach(([k, v]) => {
+          dl.appendChild(el("dt", {}, k)); dl.appendChild(el("dd", {}, v));
+        });
+        box.appendChild(dl);
+      }
+      return;
+    }
+    if (status === 200 && data && data.state === "failed") {
+      box.innerHTML = "";
+      box.appendChild(el("p", { class: "error" }, ((data.error && data.error.message) || "The job failed.").replace(" You were not charged.", "")));
+      box.appendChild(el("p", { "data-testid": "not-charged" }, "You were not charged."));
+      return;
+    }
+    if (status !== 200) { state.textContent = "Could not read the job (HTTP " + status + "); retrying…"; }
+    else state.textContent = "Working… (" + data.state + "). You are charged only if it succeeds.";
+    setTimeout(poll, 2000);
+  }
+  poll();
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  $$("[data-follow-job]").forEach(followJob);
   const compare = $("#compare-form");
   if (compare) setupCompare(compare);
   const editor = $("#editor");
