@@ -102,7 +102,7 @@ async def scripted_mix(database, rid: int, owner: int) -> None:
                 row(rid, owner, "refused", category="payment", code="insufficient_funds", cost=None),
                 row(rid, owner, "running", cost=None),
                 row(rid, owner, "pending_settle"),  # a status this page has not heard of counts as pending
-                row(rid, owner, "succeeded", kind="test"),
+                row(rid, owner, "succeeded", kind="test", cost="0.0000001"),
                 row(rid, owner, "failed", kind="test", cost=None),
             ]
         )
@@ -156,6 +156,7 @@ async def test_dashboard_counts_and_money_match_the_database(app, web_app, emula
     assert sum(Decimal(x["amount_usd"]) for x in rows) == Decimal("0.03")
     assert sorted(x["counted_as"] for x in rows).count("settled") == 2
     assert {x["network"] for x in rows if x["kind"] == "paid"} == {"Base Sepolia"}
+    assert all("E" not in x["upstream_cost_usd"] for x in rows)  # plain decimals, never 1E-7
     other = await sign_up(web_app)
     assert len(list(csv.DictReader(io.StringIO((await other.get("/usage.csv")).text)))) == 0
 

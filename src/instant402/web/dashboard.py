@@ -168,7 +168,7 @@ CSV_COLUMNS = (
 
 
 def _csv_cell(value) -> str:
-    text = "" if value is None else str(value)
+    text = "" if value is None else format(value, "f") if isinstance(value, Decimal) else str(value)
     # A cell a spreadsheet would run as a formula is quoted as text.
     return "'" + text if text[:1] in ("=", "+", "-", "@") else text
 

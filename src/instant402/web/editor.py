@@ -305,6 +305,8 @@ def unused_parameters(values: dict) -> set[str]:
 
 
 def _editor(request: Request, user: User, values: dict, *, resource=None, errors=None, status_code=200, **extra):
+    # Compare runs the saved definition: its inputs are the saved parameters, whatever the form holds now.
+    compare_params = public_parameters(resource) if resource is not None else []
     return render(
         request,
         "editor.html",
@@ -317,6 +319,9 @@ def _editor(request: Request, user: User, values: dict, *, resource=None, errors
         unused=unused_parameters(values),
         field_label=lambda path: field_label(path, values.get("params")),
         field_anchor=field_anchor,
+        compare_params=compare_params,
+        compare_examples={p["name"]: example_value(p) for p in compare_params},
+        compare_max=MAX_MODELS,
         **extra,
     )
 
@@ -370,18 +375,7 @@ async def edit_page(
         values["model_id"] = picked
     message = "Saved." if request.query_params.get("saved") else None
     estimate = service.estimate_cost(resource, resource.model)
-    parameters = public_parameters(resource)
-    return _editor(
-        request,
-        user,
-        values,
-        resource=resource,
-        message=message,
-        estimate=estimate,
-        compare_params=parameters,
-        compare_examples={p["name"]: example_value(p) for p in parameters},
-        compare_max=MAX_MODELS,
-    )
+    return _editor(request, user, values, resource=resource, message=message, estimate=estimate)
 
 
 @router.post("/resources/{resource_id}/edit")
