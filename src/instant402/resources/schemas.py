@@ -117,7 +117,7 @@ def public_view(resource: Any, public_url: str, stats: Any) -> dict[str, Any]:
         "endpoint": endpoint_url(public_url, creator, resource.slug),
         "status": resource.status,
         "available": resource.status == "published",
-        "stats": {"calls": stats.calls, "success_rate": stats.success_rate},
+        "stats": stats.as_dict(),
         "published_at": resource.published_at.isoformat() if resource.published_at else None,
         "updated_at": resource.updated_at.isoformat(),
     }
