@@ -49,7 +49,7 @@ async def compare_models(rt: Runtime, user: User, resource_id: int, models: Any,
     problems = {f"models.{i}": p for i, m in enumerate(ids) if (p := model_problem(found.get(m), kind))}
     if problems:
         raise ApiError(422, "invalid_input", "Some models cannot run this resource.", {"fields": problems})
-    limits = await rt.creator_limits.get(rt, user.id)
+    limits = await rt.creator_limits.get(rt.db, user.id)
 
     async def one(model_id: str) -> dict[str, Any]:
         result: dict[str, Any] = {"model": model_id, "name": found[model_id].name}
