@@ -12,9 +12,9 @@ import copy
 import time
 
 import pytest
+from eth_tester.exceptions import TransactionFailed
 from eth_utils import keccak
 from web3 import Web3
-from eth_tester.exceptions import TransactionFailed
 from web3.exceptions import ContractLogicError
 from x402 import x402Client, x402ResourceServer
 from x402.extensions.eip2612_gas_sponsoring import EIP2612_GAS_SPONSORING_KEY

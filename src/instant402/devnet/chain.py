@@ -211,8 +211,8 @@ class Devnet:
         w3 = Web3(LockedTesterProvider(lock, ethereum_tester=tester))
         owner = w3.eth.accounts[0]
         factory = w3.eth.contract(abi=token_build.abi, bytecode=token_build.bytecode)
-        address = w3.eth.wait_for_transaction_receipt(factory.constructor().transact({"from": owner}))["contractAddress"]
-        token = w3.eth.contract(address=address, abi=token_build.abi)
+        deployed = w3.eth.wait_for_transaction_receipt(factory.constructor().transact({"from": owner}))
+        token = w3.eth.contract(address=deployed["contractAddress"], abi=token_build.abi)
         permit2, proxy = (w3.eth.contract(address=address, abi=build.abi) for build, address in builds)
         facilitator, buyer_accounts = _load_keys(data_dir, buyers)
         devnet = cls(w3, token, owner, facilitator, buyer_accounts, lock, permit2, proxy)
