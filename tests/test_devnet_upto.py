@@ -364,3 +364,25 @@ def test_token_permit_follows_fiat_token_v2(devnet):
     assert token.nonces(owner.address).call() == 1
     with pytest.raises(REVERTED, match="EIP2612: invalid signature"):
         token.permit(*args).call({"from": relayer})  # replayed
+
+
+async def test_upto_through_the_facilitator_over_http(devnet, devnet_facilitator):
+    from x402.http import FacilitatorConfig, HTTPFacilitatorClient
+
+    from instant402.devnet import facilitator_app
+    from tests.support.servers import serve_in_thread
+
+    buyer = devnet.new_account(usdc=1_000_000)
+    payee = devnet.new_account(eth_wei=0)
+    with serve_in_thread(facilitator_app(devnet_facilitator)) as url:
+        http_server = x402ResourceServer(HTTPFacilitatorClient(FacilitatorConfig(url=url)))
+        register_upto(http_server, devnet.network)
+        http_server.initialize()
+        req = requirement(http_server, devnet, payee.address)
+        payload = await sign(devnet, plain_signer(buyer), req)
+        assert (await http_server.verify_payment(payload, req)).verify.is_valid
+        settled = await http_server.settle_payment(payload, settlement_requirements(req, 999))
+        assert settled.success and settled.amount == "999", settled
+        again = await http_server.settle_payment(payload, settlement_requirements(req, 999))
+        assert not again.success
+    assert (devnet.balance_of(buyer.address), devnet.balance_of(payee.address)) == (1_000_000 - 999, 999)
