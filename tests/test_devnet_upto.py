@@ -16,6 +16,7 @@ from eth_tester.exceptions import TransactionFailed
 from eth_utils import keccak
 from web3 import Web3
 from web3.exceptions import ContractLogicError
+from web3.logs import DISCARD
 from x402 import x402Client, x402ResourceServer
 from x402.extensions.eip2612_gas_sponsoring import EIP2612_GAS_SPONSORING_KEY
 from x402.mechanisms.evm.constants import (
@@ -386,3 +387,76 @@ async def test_upto_through_the_facilitator_over_http(devnet, devnet_facilitator
         again = await http_server.settle_payment(payload, settlement_requirements(req, 999))
         assert not again.success
     assert (devnet.balance_of(buyer.address), devnet.balance_of(payee.address)) == (1_000_000 - 999, 999)
+
+
+def _typed_signature(devnet, private_key: str, primary: str, types: dict, message: dict, domain: dict) -> bytes:
+    from eth_account import Account
+    from eth_account.messages import encode_typed_data
+
+    encoded = encode_typed_data(domain_data=domain, message_types=types, message_data=message)
+    return bytes(Account.sign_message(encoded, private_key).signature)
+
+
+def test_permit2_plain_signature_transfer_and_compact_signatures(devnet):
+    owner = devnet.new_account(usdc=1_000)
+    spender = devnet.new_account()
+    payee = devnet.new_account(eth_wei=0)
+    domain = {"name": "Permit2", "chainId": devnet.chain_id, "verifyingContract": PERMIT2_ADDRESS}
+    types = {
+        "PermitTransferFrom": [
+            {"name": "permitted", "type": "TokenPermissions"},
+            {"name": "spender", "type": "address"},
+            {"name": "nonce", "type": "uint256"},
+            {"name": "deadline", "type": "uint256"},
+        ],
+        "TokenPermissions": [{"name": "token", "type": "address"}, {"name": "amount", "type": "uint256"}],
+    }
+    deadline = 2**48
+    nonce = (7 << 8) + 3  # word 7, bit 3
+    message = {
+        "permitted": {"token": devnet.token, "amount": 600},
+        "spender": spender.address,
+        "nonce": nonce,
+        "deadline": deadline,
+    }
+    signature = _typed_signature(devnet, owner.private_key, "PermitTransferFrom", types, message, domain)
+    r, s, v = signature[:32], int.from_bytes(signature[32:64], "big"), signature[64]
+    compact = r + ((v - 27) << 255 | s).to_bytes(32, "big")  # EIP-2098
+    permit2 = devnet.permit2_contract.functions
+    permit = ((devnet.token, 600), nonce, deadline)
+
+    over = permit2.permitTransferFrom(permit, (payee.address, 601), owner.address, signature)
+    assert revert_data(over, spender.address) == selector("InvalidAmount(uint256)") + (600).to_bytes(32, "big").hex()
+    wrong_spender = permit2.permitTransferFrom(permit, (payee.address, 1), owner.address, signature)
+    assert revert_data(wrong_spender, devnet.owner) == selector("InvalidSigner()")
+    short = permit2.permitTransferFrom(permit, (payee.address, 1), owner.address, signature[:63])
+    assert revert_data(short, spender.address) == selector("InvalidSignatureLength()")
+
+    devnet.send_as(spender, permit2.permitTransferFrom(permit, (payee.address, 250), owner.address, compact))
+    assert (devnet.balance_of(owner.address), devnet.balance_of(payee.address)) == (750, 250)
+    assert permit2.nonceBitmap(owner.address, 7).call() == 1 << 3
+    again = permit2.permitTransferFrom(permit, (payee.address, 250), owner.address, signature)
+    assert revert_data(again, spender.address) == selector("InvalidNonce()")
+
+
+async def test_settle_with_permit_tolerates_a_failing_permit_when_an_allowance_exists(server, devnet):
+    buyer = devnet.new_account(usdc=1_000_000)  # already approved Permit2
+    payee = devnet.new_account(eth_wei=0)
+    req = requirement(server, devnet, payee.address)
+    payload = await sign(devnet, plain_signer(buyer), req)
+    permit, amount, owner, witness, signature = settle_args(payload, 3_000)
+    proxy = devnet.upto_proxy_contract.functions
+    facilitator = devnet.facilitator_account
+    bad_permit = (MAX, 2**48, b"\1" * 32, b"\2" * 32, 27)  # not the buyer's signature
+
+    mismatch = proxy.settleWithPermit((MAX - 1, *bad_permit[1:]), permit, amount, owner, witness, signature)
+    assert revert_data(mismatch, facilitator.address) == selector("Permit2612AmountMismatch()")
+
+    tx = devnet.send_as(facilitator, proxy.settleWithPermit(bad_permit, permit, amount, owner, witness, signature))
+    receipt = devnet.w3.eth.get_transaction_receipt(tx)
+    failed = devnet.upto_proxy_contract.events.EIP2612PermitFailedWithReason().process_receipt(receipt, errors=DISCARD)
+    assert [(e["args"]["owner"], e["args"]["reason"]) for e in failed] == [
+        (buyer.address, "EIP2612: invalid signature")
+    ]
+    assert len(devnet.upto_proxy_contract.events.SettledWithPermit().process_receipt(receipt, errors=DISCARD)) == 1
+    assert (devnet.balance_of(buyer.address), devnet.balance_of(payee.address)) == (1_000_000 - 3_000, 3_000)
