@@ -49,6 +49,8 @@ async def test_create_a_metered_resource(client, make_creator, database):
     assert (row.pricing_mode, row.markup, row.fee_atomic, row.max_price_atomic) == (
         "metered", Decimal("1.5"), 500, 20_000
     )  # fmt: skip
+    charge = charge_for(row, Decimal("0.001"))  # 1500 + the fee
+    assert (charge.settled_atomic, charge.as_dict()["markup"]) == (2_000, "1.5")
 
 
 async def test_a_flat_resource_keeps_its_shape(client, make_creator, database):

@@ -46,8 +46,8 @@ class MeteredCharge:
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly breakdown for receipts and usage rows: decimals as strings, atomic amounts as integers."""
         return {
-            "upstream_cost_usd": format(self.upstream_cost, "f"),
-            "markup": format(self.markup, "f"),
+            "upstream_cost_usd": format(self.upstream_cost.normalize(), "f"),
+            "markup": format(self.markup.normalize(), "f"),
             "fee_atomic": self.fee_atomic,
             "max_atomic": self.max_atomic,
             "uncapped_atomic": self.uncapped_atomic,

@@ -146,7 +146,7 @@ def creator_view(resource: Any, public_url: str) -> dict[str, Any]:
         "price_atomic": resource.price_atomic,
         "price": price_view(resource.price_atomic, resource.network),
         "pricing_mode": resource.pricing_mode,
-        "markup": format(resource.markup, "f") if resource.markup is not None else None,
+        "markup": format(resource.markup.normalize(), "f") if resource.markup is not None else None,
         "fee_atomic": resource.fee_atomic,
         "max_price_atomic": resource.max_price_atomic,
         "network": resource.network,

@@ -347,7 +347,7 @@ def _check_pricing(d: Definition, errors: dict[str, str]) -> None:
         errors["markup"] = "The markup must be at least 1 (1 = at cost): below it every call loses money."
     elif markup > MAX_MARKUP:
         errors["markup"] = f"The markup must be at most {MAX_MARKUP} (100 times the upstream cost)."
-    elif markup.as_tuple().exponent < -MARKUP_PLACES:
+    elif markup.normalize().as_tuple().exponent < -MARKUP_PLACES:  # PostgreSQL pads to 24 places
         errors["markup"] = f"Give the markup with at most {MARKUP_PLACES} decimal places."
     d.fee_atomic = 0 if d.fee_atomic is None else d.fee_atomic
     if d.fee_atomic < 0:
