@@ -460,3 +460,44 @@ async def test_settle_with_permit_tolerates_a_failing_permit_when_an_allowance_e
     ]
     assert len(devnet.upto_proxy_contract.events.SettledWithPermit().process_receipt(receipt, errors=DISCARD)) == 1
     assert (devnet.balance_of(buyer.address), devnet.balance_of(payee.address)) == (1_000_000 - 3_000, 3_000)
+
+
+async def test_the_sdk_middleware_settles_what_the_handler_says(devnet, devnet_facilitator):
+    """The SDK's HTTP form of the settlement override: the handler sets ``Settlement-Overrides`` on its response."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+    from x402.http import FacilitatorConfig, HTTPFacilitatorClient, PaymentOption, RouteConfig
+    from x402.http.clients import x402HttpxClient
+    from x402.http.middleware.fastapi import payment_middleware, set_settlement_overrides
+
+    from instant402.devnet import facilitator_app
+    from instant402.payments.buyer import read_receipt
+    from tests.support.servers import serve_in_thread
+
+    buyer = devnet.new_account(usdc=1_000_000)
+    payee = devnet.new_account(eth_wei=0)
+    with serve_in_thread(facilitator_app(devnet_facilitator)) as facilitator_url:
+        server = x402ResourceServer(HTTPFacilitatorClient(FacilitatorConfig(url=facilitator_url)))
+        register_upto(server, devnet.network)
+        price = {"amount": str(MAX), "asset": devnet.token, "extra": {"name": devnet.asset_name, "version": "2"}}
+        option = PaymentOption(scheme="upto", pay_to=payee.address, price=price, network=devnet.network)
+        app = FastAPI()
+        app.middleware("http")(payment_middleware({"POST /m": RouteConfig(accepts=option)}, server))
+
+        @app.post("/m")
+        async def metered_route(body: dict):
+            response = JSONResponse({"used": body["tokens"]})
+            set_settlement_overrides(response, {"amount": str(body["tokens"] * 3)})  # the work's actual price
+            return response
+
+        client = x402Client()
+        client.register(devnet.network, UptoEvmClientScheme(plain_signer(buyer)))
+        client.set_spend_controls({"allowed_assets": [{"network": devnet.network, "asset": devnet.token}]})
+        with serve_in_thread(app) as url:
+            async with x402HttpxClient(client, timeout=30) as http:
+                response = await http.post(f"{url}/m", json={"tokens": 1_111})
+
+    assert response.status_code == 200, response.text
+    receipt = read_receipt(response)
+    assert receipt.success and receipt.amount == "3333"
+    assert (devnet.balance_of(buyer.address), devnet.balance_of(payee.address)) == (1_000_000 - 3_333, 3_333)
