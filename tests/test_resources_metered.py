@@ -183,3 +183,15 @@ def test_charge_for_reads_the_resource():
     Row.pricing_mode = "flat"
     with pytest.raises(ValueError):
         charge_for(Row, Decimal("0.0004"))
+
+
+async def test_the_estimate_warns_when_dear_calls_meet_the_maximum(client, make_creator):
+    creator = await make_creator()
+    # Worst case on acme/text-1: ~2,100 prompt tokens at $0.000001 and 500 at $0.000002, about $0.0031 upstream.
+    body = (await client.post(API, json=metered(max_price_atomic=4_000), headers=creator.headers)).json()
+    assert body["estimate"]["metered"]["worst_case_atomic"] == 4_000
+    assert any("settle the maximum" in w for w in body["estimate"]["warnings"])
+    body = (await client.post(API, json=metered(slug="low", max_price_atomic=2_000), headers=creator.headers)).json()
+    assert any("more than the maximum per call" in w for w in body["estimate"]["warnings"])
+    body = (await client.post(API, json=metered(slug="roomy", max_price_atomic=9_000), headers=creator.headers)).json()
+    assert body["estimate"]["warnings"] == []

@@ -201,7 +201,12 @@ def _metered_range(est: CostEstimate, resource: Any, model: Any, comp: CompiledR
         "typical_atomic": charge(est.typical_cost),
         "worst_case_atomic": worst.settled_atomic,
     }
-    if worst.capped:
+    if est.worst_case_cost > est.price:
+        est.warnings.append(
+            f"A worst-case call may cost ${format(est.worst_case_cost, 'f')} upstream, more than the maximum per call "
+            f"${format(est.price, 'f')}: raise the maximum, lower max_tokens or shorten the parameters' max_length."
+        )
+    elif worst.capped:
         est.warnings.append(
             f"A worst-case call may cost ${format(est.worst_case_cost, 'f')} upstream, "
             f"${usd_string(worst.uncapped_atomic)} with your markup and fee: such calls settle the maximum of "
