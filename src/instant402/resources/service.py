@@ -20,6 +20,7 @@ from instant402.resources import lifecycle
 from instant402.resources.estimate import CostEstimate, estimate_cost
 from instant402.resources.models import CallOwner, Resource, ResourceRow
 from instant402.resources.params import build_messages, validate_input
+from instant402.resources.pricing import METERED, METERED_FIELDS
 from instant402.resources.schemas import input_schema
 from instant402.resources.validation import (
     DEFINITION_FIELDS,
@@ -76,6 +77,12 @@ def apply_patch(d: Definition, patch: ResourcePatch) -> Definition:
     for name in patch.model_fields_set:
         value = getattr(patch, name)
         setattr(d, name, list(value) if name == "parameters" else value)
+    if d.pricing_mode == METERED and "price_atomic" not in patch.model_fields_set:
+        d.price_atomic = None  # a metered price is its maximum: derived again at the check
+    if d.pricing_mode != METERED and "pricing_mode" in patch.model_fields_set:
+        for name in METERED_FIELDS:  # turning flat drops the metered terms unless the patch sets them
+            if name not in patch.model_fields_set:
+                setattr(d, name, None)
     return d
 
 
