@@ -12,11 +12,11 @@ from instant402.accounts.models import User
 from instant402.catalog.curation import default_curated_ids
 from instant402.catalog.models import CatalogModel, CatalogModelRaw
 from instant402.catalog.sync import sync_catalog
-from tests.conftest import OPENROUTER_DATA
+from tests.support.catalog_data import CATALOG_ALL, CATALOG_TEXT
 from tests.support.emulator import running_emulator
 
-ALL = OPENROUTER_DATA / "models-all-2026-08.json"
-TEXT = OPENROUTER_DATA / "models-2026-08.json"
+ALL = CATALOG_ALL
+TEXT = CATALOG_TEXT
 RAW = json.loads(ALL.read_bytes())["data"]
 BY_ID = {m["id"]: m for m in RAW}
 
