@@ -85,6 +85,15 @@ class Settings(BaseSettings):
     settle_margin_seconds: int = 15  # the model must finish this long before the payment authorization expires
     max_request_bytes: int = 65_536  # largest JSON body the paid route reads
 
+    # Operations: outages, metrics, readiness.
+    facilitator_retry_seconds: float = (
+        5.0  # after the facilitator failed, paid calls answer 503 this long, then re-check
+    )
+    outage_retry_after_seconds: int = 5  # Retry-After of 503s for an unreachable database or Redis
+    metrics_token: str | None = Field(default=None, repr=False)  # when set, GET /metrics needs "Bearer <token>"
+    access_log: bool | None = None  # one line per request; None: on in production (JSON logs)
+    readyz_facilitator_cache_seconds: float = 10.0  # how long /readyz trusts its last facilitator /supported answer
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
