@@ -12,8 +12,8 @@ import time
 from typing import Any
 
 from instant402.config import Settings
-from instant402.errors import ApiError
 from instant402.db import Database
+from instant402.errors import ApiError
 from instant402.execution.budgets import LimitsCache
 from instant402.execution.limits import Limits, create_limits
 from instant402.execution.upstream import Upstream

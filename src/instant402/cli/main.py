@@ -84,8 +84,10 @@ def call(
     param: list[str] = typer.Option([], "--param", "-p", help="A parameter as key=value (JSON literals stay typed)."),
     url: str = typer.Option(None, help="Server base URL (default INSTANT402_PUBLIC_URL)."),
     key_file: Path = typer.Option(None, help="File with the buyer's key (default INSTANT402_BUYER_PRIVATE_KEY)."),
-    max_price: str = typer.Option(None, help="Pay without asking when the price is at most this many USD."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Pay without asking."),
+    max_price: str = typer.Option(
+        None, help="Never pay more than this many USD; pay without asking when the price is within it."
+    ),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Pay without asking (never above --max-price)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
     """Pay for one call of a resource with x402 and print the answer and the receipt."""

@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING
 
 from instant402.execution import budgets, jobs
+from instant402.ops import metrics
 
 if TYPE_CHECKING:
     from instant402.runtime import Runtime
@@ -98,6 +99,7 @@ class JobRunner:
         beat = asyncio.get_running_loop().create_task(self._beat(job_id))
         try:
             state = await jobs.execute(self.rt, job_id, self.id, self._settling)
+            metrics.job_finished(str(state))
             log.info("job %s %s", job_id, state)
         except jobs.Requeue:
             await jobs.requeue(self.rt, job_id, self.id)
