@@ -128,7 +128,10 @@ def run_worker(settings) -> None:
 
     from instant402.db import Database
     from instant402.keys.vault import load_vault
+    from instant402.logs import configure_logging
     from instant402.runtime import Runtime
+
+    configure_logging(settings)  # the same lines as the server's, secrets masked
 
     async def main() -> None:
         db = Database(settings)
