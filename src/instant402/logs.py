@@ -54,8 +54,9 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> loggi
     for name in ("aiosqlite", "sqlalchemy.engine", "sqlalchemy.pool", "asyncpg"):
         logging.getLogger(name).setLevel(logging.WARNING)
     if root.level > logging.DEBUG:
-        # A line per HTTP request or migration step is noise at INFO (and work on the paid-call path).
-        for name in ("httpx", "httpx2", "httpcore", "alembic", "openai"):
+        # A line per HTTP request or migration step is noise at INFO (and work on the paid-call path); the x402 SDK
+        # says INFO about every signer it builds.
+        for name in ("httpx", "httpx2", "httpcore", "alembic", "openai", "x402"):
             logging.getLogger(name).setLevel(logging.WARNING)
     # uvicorn's own lines go through the same handler (same format, masked); its access lines are replaced by ours
     # (they carry query strings).
@@ -64,8 +65,6 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> loggi
         logging.getLogger(name).propagate = True
         logging.getLogger(name).setLevel(logging.NOTSET)  # INSTANT402_LOG_LEVEL decides
     logging.getLogger("uvicorn.access").disabled = True
-    # The x402 SDK says INFO about every signer it builds: noise next to the lines an operator needs.
-    logging.getLogger("x402").setLevel(max(root.level, logging.WARNING))
     # Loggers with their own handlers do not reach the root one: mask there too.
     for logger in list(logging.Logger.manager.loggerDict.values()):
         for other in getattr(logger, "handlers", []):
