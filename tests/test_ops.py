@@ -102,7 +102,12 @@ async def test_facilitator_down_at_start_mid_series_and_back(
 
 
 @pytest.mark.parametrize(
-    "url", ["postgresql+asyncpg://nobody@127.0.0.1:1/none", "sqlite+aiosqlite:////nonexistent/dir/x.db"]
+    "url",
+    [
+        "postgresql+asyncpg://nobody@127.0.0.1:1/none",  # nothing listens
+        "postgresql+asyncpg://postgres@127.0.0.1:5432/instant402_no_such_database",  # the database is missing
+        "sqlite+aiosqlite:////nonexistent/dir/x.db",
+    ],
 )
 async def test_database_down_answers_503_on_any_route(settings, url, caplog):
     app = create_app(settings.model_copy(update={"database_url": url, "database_schema": None}))
@@ -177,8 +182,9 @@ async def test_metrics_in_prometheus_format_with_bounded_labels(client, settings
     assert values[("instant402_catalog_models", ())] > 0
     assert 0 <= values[("instant402_catalog_last_sync_age_seconds", ())] < 60
     assert values[("instant402_jobs_queued", ())] == 0
-    # Paths, query strings and ids never become label values.
-    assert "abc123" not in r.text and "do-not-keep" not in r.text and "gpt-4o-mini" not in r.text
+    # Paths, query strings and ids never become label values of the request metrics.
+    http_labels = " ".join(str(labels) for (name, labels) in values if name.startswith("instant402_http_"))
+    assert "abc123" not in http_labels and "do-not-keep" not in http_labels and "gpt-4o" not in http_labels
 
 
 async def test_metrics_token(settings):
@@ -263,3 +269,19 @@ def test_uvicorn_lines_share_the_json_format_and_x402_info_is_quiet(settings):
         logging.getLogger().handlers.clear()
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [(line["logger"], line["message"]) for line in lines] == [("uvicorn.error", "Started server process")]
+
+
+def test_db_upgrade_against_a_missing_database_prints_one_line(monkeypatch):
+    from typer.testing import CliRunner
+
+    from instant402.cli.main import app as cli
+    from tests.conftest import require_service
+
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    monkeypatch.setenv("INSTANT402_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/instant402_missing_db")
+    monkeypatch.delenv("INSTANT402_DATABASE_SCHEMA", raising=False)
+    result = CliRunner().invoke(cli, ["db", "upgrade"])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert 'database "instant402_missing_db" does not exist' in lines[0] and "createdb" in lines[0]

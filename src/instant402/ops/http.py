@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
 import time
 import uuid
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from instant402.config import Settings
+from instant402.db import errors as db_errors
 from instant402.errors import ApiError, error_response
 from instant402.logs import request_id_var
 from instant402.ops import metrics
@@ -46,41 +48,18 @@ def route_template(scope: Scope) -> str:
 
 def outage(exc: BaseException, retry_after: int) -> ApiError | None:
     """A 503 for a database or Redis that cannot be reached; None for any other failure."""
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-    from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
-    from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-
     headers = {"Retry-After": str(retry_after)}
     seen: set[int] = set()
     current: BaseException | None = exc
-    while current is not None and id(current) not in seen:  # the cause chain: drivers wrap socket errors
+    while current is not None and id(current) not in seen:  # the cause chain: clients wrap socket errors
         seen.add(id(current))
         if isinstance(current, RedisConnectionError | RedisTimeoutError):
-            return ApiError(
-                503,
-                "redis_unavailable",
-                "A service this server needs (Redis) cannot be reached; try again shortly.",
-                {"charged": False},
-                headers,
-            )
-        if isinstance(
-            current,
-            OperationalError
-            | InterfaceError
-            | DisconnectionError
-            | PoolTimeoutError
-            | ConnectionError
-            | socket.gaierror,
-        ):
-            return ApiError(
-                503,
-                "database_unavailable",
-                "The database cannot be reached; try again shortly.",
-                {"charged": False},
-                headers,
-            )
+            message = "A service this server needs (Redis) cannot be reached; try again shortly."
+            return ApiError(503, "redis_unavailable", message, {"charged": False}, headers)
         current = current.__cause__ or current.__context__
+    if db_errors.unreachable(exc):
+        message = "The database cannot be reached; try again shortly."
+        return ApiError(503, "database_unavailable", message, {"charged": False}, headers)
     return None
 
 
