@@ -43,9 +43,11 @@ def test_sync_status_and_curate(cli_env, app):
     assert result.exit_code == 0
     assert [line.split()[1] for line in result.output.splitlines()] == list(default_curated_ids())
 
-    result = runner.invoke(cli, ["catalog", "curate", "add", "deepgram/flux-tts:free"])
+    result = runner.invoke(cli, ["catalog", "curate", "add", "qwen/qwen3.8-27b"])
     assert result.exit_code == 0 and f"position {len(default_curated_ids())}" in result.output
     result = runner.invoke(cli, ["catalog", "curate", "add", "deepgram/flux-tts:free"])
+    assert result.exit_code == 2 and "cannot answer a chat completion" in result.output
+    result = runner.invoke(cli, ["catalog", "curate", "add", "qwen/qwen3.8-27b"])
     assert result.exit_code == 2 and "already in the curated list" in result.output
     result = runner.invoke(cli, ["catalog", "curate", "add", "nobody/nothing"])
     assert result.exit_code == 2 and "no model" in result.output
@@ -54,7 +56,7 @@ def test_sync_status_and_curate(cli_env, app):
     result = runner.invoke(cli, ["catalog", "curate", "remove", default_curated_ids()[0]])
     assert result.exit_code == 2 and "not in the curated list" in result.output
     listed = [line.split()[1] for line in runner.invoke(cli, ["catalog", "curate", "list"]).output.splitlines()]
-    assert listed == [*default_curated_ids()[1:], "deepgram/flux-tts:free"]
+    assert listed == [*default_curated_ids()[1:], "qwen/qwen3.8-27b"]
 
 
 def test_schedule():
