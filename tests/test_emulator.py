@@ -592,3 +592,20 @@ def test_faults_are_listed_and_removed_one_by_one(emulator):
     assert httpx.delete(f"{emulator.url}/_emulator/faults/{first['id']}").status_code == 204
     assert [f["id"] for f in emulator.faults()] == [second["id"]]
     assert httpx.delete(f"{emulator.url}/_emulator/faults/{first['id']}").status_code == 404
+
+
+def test_keys_survive_a_restart_when_kept_in_a_file(tmp_path):
+    from instant402.emulator.app import create_emulator_app
+    from tests.support.servers import serve_in_thread
+
+    keys_file = tmp_path / "emulator-keys.json"
+    key = f"sk-or-v1-{secrets.token_hex(32)}"
+    with serve_in_thread(create_emulator_app(control=True, keys_file=keys_file)) as url:
+        EmulatorHandle(url).add_key(key, limit="3")
+        EmulatorHandle(url).top_up(key, "7")
+    assert keys_file.stat().st_mode & 0o077 == 0  # the keys file is the owner's alone
+    with serve_in_thread(create_emulator_app(control=True, keys_file=keys_file)) as url:
+        r = httpx.get(f"{url}/api/v1/key", headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 200 and r.json()["data"]["limit"] == 7.0
+    with serve_in_thread(create_emulator_app(control=True)) as url:  # without the file: forgotten, as before
+        assert httpx.get(f"{url}/api/v1/key", headers={"Authorization": f"Bearer {key}"}).status_code == 401
