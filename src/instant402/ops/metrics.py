@@ -91,9 +91,17 @@ def status_class(status: int | None) -> str:
 # -- recording --------------------------------------------------------------------------------------------------
 
 
+_http_children: dict[tuple[str, str, int], tuple] = {}  # labels() takes a lock and builds keys: once per route
+
+
 def http_request(method: str, route: str, status: int, seconds: float) -> None:
-    http_requests.labels(method, route, status_class(status)).inc()
-    http_duration.labels(method, route).observe(seconds)
+    key = (method, route, status)
+    children = _http_children.get(key)
+    if children is None:
+        children = (http_requests.labels(method, route, status_class(status)), http_duration.labels(method, route))
+        _http_children[key] = children
+    children[0].inc()
+    children[1].observe(seconds)
 
 
 def paid_call(outcome: str, resource: str) -> None:
