@@ -285,3 +285,48 @@ def test_db_upgrade_against_a_missing_database_prints_one_line(monkeypatch):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.output, result.output
     assert 'database "instant402_missing_db" does not exist' in lines[0] and "createdb" in lines[0]
+
+
+class _Flaky:
+    """The devnet facilitator behind a switch: while down, every request fails like a refused connection."""
+
+    def __init__(self, inner):
+        self.inner, self.down, self.asked = inner, True, 0
+
+    def get_supported(self):
+        self.asked += 1
+        if self.down:
+            raise ConnectionRefusedError("facilitator down")
+        return self.inner.get_supported()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+async def test_payments_back_off_then_recover_by_themselves(settings, devnet, devnet_facilitator):
+    from instant402.errors import ApiError
+    from instant402.runtime import Runtime
+
+    flaky = _Flaky(devnet_facilitator)
+    rt = Runtime(
+        settings.model_copy(update={"network": devnet.network, "facilitator_retry_seconds": 0.3}),
+        None,
+        None,
+        facilitator=flaky,
+    )
+    with pytest.raises(ApiError) as first:
+        await rt.payments()
+    assert (first.value.status, first.value.code, first.value.details) == (
+        503,
+        "payments_unavailable",
+        {"charged": False},
+    )
+    assert first.value.headers == {"Retry-After": "1"}
+    with pytest.raises(ApiError):
+        await rt.payments()
+    assert flaky.asked == 1  # within the back-off the facilitator is not asked again
+    flaky.down = False
+    time.sleep(0.35)
+    assert await rt.payments() is rt.gateway and flaky.asked == 2
+    assert await rt.payments() is rt.gateway and flaky.asked == 2  # started: not asked per call
+    await rt.aclose()

@@ -86,9 +86,7 @@ class Settings(BaseSettings):
     max_request_bytes: int = 65_536  # largest JSON body the paid route reads
 
     # Operations: outages, metrics, readiness.
-    facilitator_retry_seconds: float = (
-        5.0  # after the facilitator failed, paid calls answer 503 this long, then re-check
-    )
+    facilitator_retry_seconds: float = 5.0  # after a facilitator failure, paid calls answer 503 this long
     outage_retry_after_seconds: int = 5  # Retry-After of 503s for an unreachable database or Redis
     metrics_token: str | None = Field(default=None, repr=False)  # when set, GET /metrics needs "Bearer <token>"
     access_log: bool | None = None  # one line per request; None: on in production (JSON logs)

@@ -70,6 +70,9 @@ class Runtime:
         if self._gateway_started and self.gateway.reachable:
             return self.gateway
         self._gateway_lock = self._gateway_lock or asyncio.Lock()
+        if self._gateway_lock.locked() and (self._payments_retry_at or self._gateway_started):
+            # A re-check of a failed facilitator is under way (it may take its whole timeout): do not queue behind it.
+            raise payments_unavailable(self.settings.facilitator_retry_seconds)
         async with self._gateway_lock:
             if self._gateway_started and self.gateway.reachable:
                 return self.gateway
