@@ -39,6 +39,10 @@ def describe(m: dict) -> str:
     return text
 
 
+def _one_model_a_line(models: list[dict]) -> str:
+    return '{"data": [\n' + ",\n".join(json.dumps(m, ensure_ascii=False) for m in models) + "\n]}\n"
+
+
 def main(source: Path) -> None:
     everything = json.loads((source / "models-all-2026-08.json").read_text())["data"]
     text_ids = [m["id"] for m in json.loads((source / "models-2026-08.json").read_text())["data"]]
@@ -61,8 +65,8 @@ def main(source: Path) -> None:
             chosen.append({k: (describe(m) if k == "description" else v) for k, v in m.items() if k != "benchmarks"})
     by_id = {m["id"]: m for m in chosen}
     text = [by_id[i] for i in text_ids if i in by_id]
-    (HERE / "catalog-all.json").write_text(json.dumps({"data": chosen}, indent=1) + "\n")
-    (HERE / "catalog-text.json").write_text(json.dumps({"data": text}, indent=1) + "\n")
+    (HERE / "catalog-all.json").write_text(_one_model_a_line(chosen))
+    (HERE / "catalog-text.json").write_text(_one_model_a_line(text))
     print(f"{len(chosen)} models, {len(text)} with text output")
 
 
