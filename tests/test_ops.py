@@ -22,6 +22,18 @@ from tests.support.market import live_market
 from tests.support.servers import free_port, serve_in_thread
 
 
+@pytest.fixture
+def restore_logging():
+    """configure_logging changes process-wide state: put the root and uvicorn's loggers back afterwards."""
+    names = ("", "uvicorn", "uvicorn.error", "uvicorn.access", "x402", "openai", "httpx", "httpcore")
+    saved = {n: (lg.handlers[:], lg.level, lg.propagate, lg.disabled) for n in names for lg in [logging.getLogger(n)]}
+    yield
+    for n, (handlers, level, propagate, disabled) in saved.items():
+        lg = logging.getLogger(n)
+        lg.handlers[:], lg.propagate, lg.disabled = handlers, propagate, disabled
+        lg.setLevel(level)
+
+
 def samples(text: str) -> dict[tuple, float]:
     out = {}
     for family in text_string_to_metric_families(text):
@@ -112,6 +124,7 @@ async def test_facilitator_down_at_start_mid_series_and_back(
 async def test_database_down_answers_503_on_any_route(settings, url, caplog):
     app = create_app(settings.model_copy(update={"database_url": url, "database_schema": None}))
     async with asgi_client(app) as c:
+        assert (await c.get("/metrics")).status_code == 200  # the process's own metrics are still served
         for path in ("/api/v1/models", "/api/v1/resources", "/explore"):
             r = await c.get(path, headers={"X-Request-ID": "outage-check-1"})
             assert r.status_code == 503, (path, r.text)
@@ -187,7 +200,7 @@ async def test_metrics_in_prometheus_format_with_bounded_labels(client, settings
     assert "abc123" not in http_labels and "do-not-keep" not in http_labels and "gpt-4o" not in http_labels
 
 
-async def test_metrics_token(settings):
+async def test_metrics_token(settings, migrated):
     app = create_app(settings.model_copy(update={"metrics_token": "s3cret-token"}))
     async with asgi_client(app) as c:
         assert (await c.get("/metrics")).status_code == 401
@@ -210,7 +223,7 @@ def test_label_values_stay_bounded(monkeypatch):
 # -- request ids and access logs ------------------------------------------------------------------------------
 
 
-async def test_request_id_echoed_or_made_and_one_json_access_line(settings, monkeypatch):
+async def test_request_id_echoed_or_made_and_one_json_access_line(settings, restore_logging):
     app = create_app(settings.model_copy(update={"access_log": True, "log_format": "json"}))
     stream = io.StringIO()
     configure_logging(app.state.settings, stream)
@@ -221,7 +234,7 @@ async def test_request_id_echoed_or_made_and_one_json_access_line(settings, monk
             made = (await c.get("/healthz", headers={"X-Request-ID": "bad id\nwith newline"})).headers["X-Request-ID"]
             assert len(made) == 32 and made != "abc-123"
     finally:
-        logging.getLogger().handlers.clear()
+        logging.getLogger().handlers.clear()  # the stream closes with the test; restore_logging puts back the rest
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     access = [line for line in lines if line["logger"] == "instant402.access"]
     assert len(access) == 2
@@ -236,7 +249,7 @@ async def test_request_id_echoed_or_made_and_one_json_access_line(settings, monk
     await app.state.db.dispose()
 
 
-async def test_unhandled_error_logged_once_with_request_id(settings):
+async def test_unhandled_error_logged_once_with_request_id(settings, restore_logging):
     app = create_app(settings.model_copy(update={"log_format": "json"}))
 
     @app.get("/boom")
@@ -249,14 +262,14 @@ async def test_unhandled_error_logged_once_with_request_id(settings):
         async with asgi_client(app) as c:
             r = await c.get("/boom", headers={"X-Request-ID": "req-boom"})
     finally:
-        logging.getLogger().handlers.clear()
+        logging.getLogger().handlers.clear()  # the stream closes with the test; restore_logging puts back the rest
     assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error" and "kaboom" not in r.text
     errors = [json.loads(line) for line in stream.getvalue().splitlines() if "kaboom" in line]
     assert len(errors) == 1 and errors[0]["request_id"] == "req-boom" and errors[0]["level"] == "ERROR"
     await app.state.db.dispose()
 
 
-def test_uvicorn_lines_share_the_json_format_and_x402_info_is_quiet(settings):
+def test_uvicorn_lines_share_the_json_format_and_x402_info_is_quiet(settings, restore_logging):
     stream = io.StringIO()
     uvicorn_error = logging.getLogger("uvicorn.error")
     uvicorn_error.addHandler(logging.StreamHandler(io.StringIO()))  # what uvicorn's own config leaves behind
@@ -266,7 +279,7 @@ def test_uvicorn_lines_share_the_json_format_and_x402_info_is_quiet(settings):
         uvicorn_error.info("Started server process")
         logging.getLogger("x402.mechanisms").info("built a signer")
     finally:
-        logging.getLogger().handlers.clear()
+        logging.getLogger().handlers.clear()  # the stream closes with the test; restore_logging puts back the rest
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [(line["logger"], line["message"]) for line in lines] == [("uvicorn.error", "Started server process")]
 

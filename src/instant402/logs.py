@@ -53,11 +53,11 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> loggi
     # Database drivers log statements with their parameters (hidden prompts, ciphertexts): never at any level.
     for name in ("aiosqlite", "sqlalchemy.engine", "sqlalchemy.pool", "asyncpg"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    if root.level > logging.DEBUG:
-        # A line per HTTP request or migration step is noise at INFO (and work on the paid-call path); the x402 SDK
-        # says INFO about every signer it builds.
-        for name in ("httpx", "httpx2", "httpcore", "alembic", "openai", "x402"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    # A line per HTTP request or migration step is noise at INFO (and work on the paid-call path); the x402 SDK
+    # says INFO about every signer it builds. At DEBUG they speak (also after an earlier set-up at INFO).
+    quiet = logging.WARNING if root.level > logging.DEBUG else logging.NOTSET
+    for name in ("httpx", "httpx2", "httpcore", "alembic", "openai", "x402"):
+        logging.getLogger(name).setLevel(quiet)
     # uvicorn's own lines go through the same handler (same format, masked); its access lines are replaced by ours
     # (they carry query strings).
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import time
 from datetime import UTC, datetime
 
@@ -17,6 +18,7 @@ from instant402.errors import ApiError
 from instant402.execution.models import Job, JobState
 from instant402.ops import metrics
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
 
 
@@ -57,7 +59,10 @@ async def prometheus_metrics(request: Request) -> Response:
                 "GET /metrics needs the metrics bearer token.",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-    await _refresh_database_gauges(request)
+    try:
+        await _refresh_database_gauges(request)
+    except Exception as exc:  # the process's own metrics are still worth serving when the database is away
+        log.warning("metrics: could not read the queue and catalog gauges: %s", type(exc).__name__)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
