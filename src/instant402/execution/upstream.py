@@ -26,6 +26,7 @@ from openai.types.chat import ChatCompletionChunk
 from instant402.config import Settings
 from instant402.execution import errors as E
 from instant402.execution.errors import Category, UpstreamFailure
+from instant402.execution.limits import observe_upstream
 from instant402.execution.media import MediaStore, local_media_store
 from instant402.execution.outputs import normalise
 
@@ -193,6 +194,8 @@ class Upstream:
                     media=self.media,
                 )
             except UpstreamFailure as failure:
+                if failure.upstream_status == 429:
+                    await observe_upstream(True)  # the creator's concurrency limit shrinks before any retry
                 attempts.append(
                     Attempt(
                         model,
@@ -224,6 +227,7 @@ class Upstream:
                 await asyncio.sleep(delay)
                 continue
             attempts.append(Attempt(model, "ok", None, 200, (time.perf_counter() - started) * 1000, answer.cost))
+            await observe_upstream(False)
             return Completion(
                 output=output,
                 model_used=answer.model,
