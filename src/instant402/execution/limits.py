@@ -78,7 +78,10 @@ class CapacityPolicy:
 
 class Lease(Protocol):
     async def observe(self, throttled: bool) -> None:
-        """Tell the limiter how the upstream call went: a 429 (``throttled``) or an answer."""
+        """Tell the limiter how an upstream attempt went: a 429 (``throttled``) or an answer."""
+
+    async def wait_for_room(self, until: float) -> None:
+        """Before retrying a 429: wait (holding the slot) until the calls in flight fit the limit, or ``until``."""
 
     async def release(self) -> None: ...
 
@@ -126,7 +129,7 @@ class RateLimiter(Protocol):
 class _Slot:
     """An async context manager over a lease: ``async with slot(limiter, key, policy): ...``.
 
-    While held, the lease is the task's current one: ``observe_upstream`` (called by the runner) reports to it.
+    While held, the lease is the task's current one: ``observe_upstream`` (called by ``Upstream``) reports to it.
     """
 
     def __init__(self, limiter: ConcurrencyLimiter, key: str, policy: CapacityPolicy, start: Start | None = None):
@@ -151,15 +154,24 @@ def slot(limiter: ConcurrencyLimiter, key: str, policy: CapacityPolicy, start: S
     return _Slot(limiter, key, policy, start)
 
 
-async def observe_upstream(throttled: bool) -> None:
-    """Report one upstream attempt's outcome (429 or an answer) to the slot this task holds (none: nothing to adapt)."""
+async def observe_upstream(throttled: bool, until: float | None = None) -> None:
+    """Report one upstream attempt's outcome (429 or an answer) to the slot this task holds (none: nothing to adapt).
+
+    After a 429 the caller is about to retry: with ``until`` (a ``time.monotonic()`` instant) it first waits, slot
+    held, until the calls in flight fit the lowered limit, so the retry does not meet the same 429 again.
+    """
     lease = _held.get()
     if lease is None:
         return
     try:
         await lease.observe(throttled)
+        if throttled and until is not None:
+            await lease.wait_for_room(until)
     except Exception:  # Redis unreachable for a moment: the limit simply does not move
         log.warning("could not record an upstream outcome for the concurrency limit", exc_info=True)
+
+
+_ROOM_POLL = 0.02
 
 
 # ---------------------------------------------------------------------------------------------------------- memory
@@ -177,6 +189,20 @@ class _MemoryLease:
     async def observe(self, throttled: bool) -> None:
         self._epoch = self._gate.observe(self._epoch, throttled, self._policy)
 
+    async def wait_for_room(self, until: float) -> None:
+        # Leases waiting here do not count as upstream calls, so waiting retries cannot block each other; each goes
+        # on (one at a time) when the calls actually at the upstream leave room under the limit.
+        gate = self._gate
+        until = min(until, time.monotonic() + self._policy.max_wait)
+        gate.backing += 1
+        try:
+            while time.monotonic() < until:
+                if gate.in_flight - gate.backing < int(gate.limit):
+                    return
+                await asyncio.sleep(_ROOM_POLL)  # rare (only after a 429): a poll beats a wake-up on every release
+        finally:
+            gate.backing -= 1
+
     async def release(self) -> None:
         if not self._released:
             self._released = True
@@ -184,10 +210,11 @@ class _MemoryLease:
 
 
 class _Gate:
-    __slots__ = ("epoch", "in_flight", "limit", "waiters")
+    __slots__ = ("backing", "epoch", "in_flight", "limit", "waiters")
 
     def __init__(self, limit: float):
         self.in_flight = 0
+        self.backing = 0  # slot holders waiting to retry after a 429
         self.waiters: collections.deque[asyncio.Future] = collections.deque()
         self.limit = limit
         self.epoch = 0  # bumped by each decrease
@@ -353,6 +380,24 @@ end
 return epoch + 1
 """
 
+# A slot holder about to retry after a 429: may it call now? Holders waiting here (the "back" zset, lease id ->
+# expiry ms) do not count as calls at the upstream, so they cannot block each other; one goes on when the others leave
+# room under the limit. KEYS: slots, state, back. ARGV: lease id, lease ms. Returns 1 (go on) or 0 (wait).
+_ROOM = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local limit = tonumber(redis.call('HGET', KEYS[2], 'limit'))
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+redis.call('ZADD', KEYS[3], 'NX', now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[2]) * 2)
+local calling = redis.call('ZCOUNT', KEYS[1], now, '+inf') - redis.call('ZCARD', KEYS[3])
+if not limit or calling < math.floor(limit) then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  return 1
+end
+return 0
+"""
+
 # Renew a lease; 0 when it had already expired (and may have been given to someone else).
 _RENEW = """
 local t = redis.call('TIME')
@@ -404,6 +449,17 @@ class _RedisLease:
         if epoch:
             self._epoch = epoch - 1
 
+    async def wait_for_room(self, until: float) -> None:
+        until = min(until, time.monotonic() + self._policy.max_wait)
+        keys, args = [self._key, self._keys[2], self._keys[0] + ":back"], [self._id, self._limiter.lease_ms]
+        try:
+            while time.monotonic() < until:
+                if await self._limiter._room(keys=keys, args=args):
+                    return
+                await asyncio.sleep(_ROOM_POLL * 2)  # other processes' releases: polled, as waiting for a slot is
+        finally:
+            await asyncio.shield(self._limiter.redis.zrem(keys[2], self._id))
+
     async def _renew(self) -> None:
         every = self._limiter.lease_ms / 3000
         while True:
@@ -435,6 +491,7 @@ class RedisConcurrencyLimiter:
         self._acquire = redis.register_script(_ACQUIRE)
         self._renew = redis.register_script(_RENEW)
         self._observe = redis.register_script(_OBSERVE)
+        self._room = redis.register_script(_ROOM)
 
     def _keys(self, key: str) -> list[str]:
         return [f"{self.prefix}{key}:slots", f"{self.prefix}{key}:queue", f"{self.prefix}{key}:limit"]

@@ -194,8 +194,8 @@ class Upstream:
                     media=self.media,
                 )
             except UpstreamFailure as failure:
-                if failure.upstream_status == 429:
-                    await observe_upstream(True)  # the creator's concurrency limit shrinks before any retry
+                if failure.upstream_status == 429:  # the creator's concurrency limit shrinks before any retry
+                    await observe_upstream(True, until=end)
                 attempts.append(
                     Attempt(
                         model,
