@@ -227,20 +227,27 @@ def side_by_side(calls: int, postgres_url: str | None, litellm: str | None) -> N
 
         if litellm:
             port = free_port()
+            master = "sk-" + secrets.token_hex(16)  # LiteLLM refuses to start without one
             with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as config:
                 config.write(
                     "model_list:\n  - model_name: openai/gpt-4o-mini\n    litellm_params:\n"
                     f"      model: openai/openai/gpt-4o-mini\n      api_base: {base_url}\n      api_key: {key}\n"
+                    f"general_settings:\n  master_key: {master}\n"
                 )
             proc = subprocess.Popen(
                 [litellm, "--config", config.name, "--port", str(port), "--num_workers", "1"],
+                env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},  # its own environment
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
             procs.append(proc)
             wait_ready(f"http://127.0.0.1:{port}", proc, "/health/liveliness")
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
-            results.append(asyncio.run(measure_target("LiteLLM proxy, 1 worker", url, CHAT, bearer, proc.pid, calls)))
+            litellm_auth = {"Authorization": f"Bearer {master}"}
+            name = "LiteLLM proxy, 1 worker"
+            results.append(asyncio.run(measure_target(name, url, CHAT, litellm_auth, proc.pid, calls)))
+            proc.terminate()
+            os.unlink(config.name)
         else:
             print("LiteLLM: skipped (pass --litellm with the path of its `litellm` command)", flush=True)
 
