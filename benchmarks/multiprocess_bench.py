@@ -68,17 +68,27 @@ async def test_runs(urls: list[str], auth: dict, calls: int, concurrency: int = 
 
 async def paid_calls(clients, urls: list[str], calls: int) -> tuple[float, dict]:
     """Paid calls, one buyer per client at a time, spread over ``urls`` in turn."""
-    statuses: dict[int, int] = defaultdict(int)
+    statuses: dict[int | str, int] = defaultdict(int)
     per_worker = max(1, calls // len(clients))
 
     async def worker(i: int) -> None:
         for n in range(per_worker):
-            result = await pay_url(clients[i], urls[(i + n) % len(urls)], json={"topic": f"sea {i} {n}"})
-            statuses[result.response.status_code] += 1
+            response = (await pay_url(clients[i], urls[(i + n) % len(urls)], json={"topic": f"sea {i} {n}"})).response
+            status = response.status_code
+            statuses[status if status == 200 else f"{status} {_reason(response)}"] += 1
 
     start = time.perf_counter()
     await asyncio.gather(*(worker(i) for i in range(len(clients))))
     return per_worker * len(clients) / (time.perf_counter() - start), dict(statuses)
+
+
+def _reason(response) -> str:
+    """The error code of a refused call, or the x402 reason of a 402."""
+    try:
+        body = response.json()
+    except ValueError:
+        return "?"
+    return str(body.get("error", {}).get("code") or body.get("error") or "?")
 
 
 def cpu_of(pids: list[int]) -> list[float]:
