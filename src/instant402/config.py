@@ -54,9 +54,12 @@ class Settings(BaseSettings):
     upstream_max_attempts: int = 3  # attempts per model for transient failures, before the next fallback model
     upstream_backoff_base_seconds: float = 0.5  # exponential backoff with full jitter: base * 2^n, capped below
     upstream_backoff_max_seconds: float = 8.0
-    # Execution limits: in-flight upstream calls per creator, with a bounded wait queue.
+    # Execution limits: in-flight upstream calls per creator, adapting to the upstream (grows on answers, shrinks on
+    # 429s) between floor and ceiling; it starts from what the key reports, else from creator_concurrency.
     creator_concurrency: int = 8
-    creator_queue_size: int = 16
+    creator_concurrency_floor: int = 1
+    creator_concurrency_ceiling: int = 64
+    creator_queue_size: int = 1000  # waiters per creator at most (a memory guard: waits end at the max wait)
     creator_max_wait_seconds: float = 5.0
     capacity_retry_after_seconds: int = 5  # Retry-After sent with "over capacity" 503s
     concurrency_lease_seconds: float = 60.0  # Redis slot lease, renewed while held; frees slots of crashed processes

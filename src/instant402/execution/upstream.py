@@ -26,6 +26,7 @@ from openai.types.chat import ChatCompletionChunk
 from instant402.config import Settings
 from instant402.execution import errors as E
 from instant402.execution.errors import Category, UpstreamFailure
+from instant402.execution.limits import observe_upstream
 from instant402.execution.media import MediaStore, local_media_store
 from instant402.execution.outputs import normalise
 from instant402.ops import metrics
@@ -194,6 +195,8 @@ class Upstream:
                     media=self.media,
                 )
             except UpstreamFailure as failure:
+                if failure.upstream_status == 429:  # the creator's concurrency limit shrinks before any retry
+                    await observe_upstream(True, until=end)
                 attempts.append(
                     Attempt(
                         model,
@@ -228,6 +231,7 @@ class Upstream:
                 continue
             attempts.append(Attempt(model, "ok", None, 200, (time.perf_counter() - started) * 1000, answer.cost))
             metrics.upstream_attempt(model, 200, None, attempts[-1].ms / 1000)
+            await observe_upstream(False)
             return Completion(
                 output=output,
                 model_used=answer.model,
