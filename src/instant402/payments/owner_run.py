@@ -50,7 +50,7 @@ async def run_owner_test(rt: Runtime, db: AsyncSession, user: User, resource_id:
     )
     await db.commit()
     if fail:
-        # The owner sees the precise cause (never the key itself: details are redacted at the source).
+        # The owner sees the precise cause (never the key itself: failure details are redacted where they are made).
         raise ApiError(
             fail.http_status_for_buyer,
             fail.buyer_code,
