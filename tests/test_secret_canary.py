@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import logging
-import secrets
 from pathlib import Path
 
 import pytest
