@@ -10,6 +10,7 @@ from fastapi_offline import FastAPIOffline
 
 from instant402 import __version__
 from instant402.accounts.routes import router as accounts_router
+from instant402.body_limits import BodyLimitMiddleware
 from instant402.catalog.background import start_catalog_sync, stop_catalog_sync
 from instant402.catalog.routes import router as catalog_router
 from instant402.config import Mode, Settings, load_settings
@@ -20,8 +21,8 @@ from instant402.health import router as health_router
 from instant402.keys.routes import router as keys_router
 from instant402.keys.vault import load_vault
 from instant402.logs import configure_logging
+from instant402.payments.routes import body_rules, test_run_router
 from instant402.payments.routes import router as payments_router
-from instant402.payments.routes import test_run_router
 from instant402.resources.routes import router as resources_router
 from instant402.runtime import Runtime
 from instant402.usage.routes import router as usage_router
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None, *, facilitator: Any = None) -> 
     app.state.vault = vault
     app.state.runtime = Runtime(settings, app.state.db, vault, facilitator=facilitator)
     install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, default=settings.max_body_bytes, rules=body_rules(settings))
     app.include_router(health_router)
     # The hot paths first: the owner's test run, and the paid route (it leaves the app's own paths alone).
     app.include_router(test_run_router)

@@ -83,7 +83,10 @@ class Settings(BaseSettings):
     max_timeout_seconds: int = 120  # default validity of a signed payment; keep just above the longest run
     buyer_private_key: str | None = Field(default=None, repr=False)  # key `instant402 call` pays with
     settle_margin_seconds: int = 15  # the model must finish this long before the payment authorization expires
-    max_request_bytes: int = 65_536  # largest JSON body the paid route reads
+    max_request_bytes: int = 65_536  # largest JSON body the paid route (and the owner's test run) reads
+
+    # Hardening.
+    max_body_bytes: int = 1_048_576  # largest request body any other route reads (refused with 413 while reading)
 
     @property
     def resolved_database_url(self) -> str:

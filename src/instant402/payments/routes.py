@@ -11,6 +11,8 @@ from starlette.convertors import StringConvertor, register_url_convertor
 
 from instant402.accounts.auth import current_user
 from instant402.accounts.validation import RESERVED_USERNAMES
+from instant402.body_limits import BodyRule
+from instant402.config import Settings
 from instant402.execution.limits import OverCapacity
 from instant402.payments.owner_run import run_owner_test
 from instant402.payments.paid_call import handle_paid_call
@@ -24,6 +26,16 @@ class CreatorConvertor(StringConvertor):
 
 
 register_url_convertor("creator", CreatorConvertor())
+
+
+def body_rules(settings: Settings) -> list[BodyRule]:
+    """The paid route and the owner's test run read one small JSON body: their own limit, below the app's."""
+    small = settings.max_request_bytes
+    return [
+        BodyRule("POST", re.compile("/" + CreatorConvertor.regex + "/[^/]+"), small),
+        BodyRule("POST", re.compile(r"/api/v1/me/resources/[^/]+/test"), small),
+    ]
+
 
 # Both routers are included first by the app: route matching walks every earlier route on each request.
 router = APIRouter(tags=["paid calls"])
