@@ -15,7 +15,7 @@ from instant402.catalog.background import start_catalog_sync, stop_catalog_sync
 from instant402.catalog.routes import router as catalog_router
 from instant402.config import Mode, Settings, load_settings
 from instant402.db import Database
-from instant402.errors import install_error_handlers
+from instant402.errors import document_errors, install_error_handlers
 from instant402.execution.routes import router as execution_router
 from instant402.health import router as health_router
 from instant402.keys.routes import router as keys_router
@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None, *, facilitator: Any = None) -> 
     app.state.vault = vault
     app.state.runtime = Runtime(settings, app.state.db, vault, facilitator=facilitator)
     install_error_handlers(app)
+    document_errors(app)
     app.add_middleware(BodyLimitMiddleware, default=settings.max_body_bytes, rules=body_rules(settings))
     app.include_router(health_router)
     # The hot paths first: the owner's test run, and the paid route (it leaves the app's own paths alone).

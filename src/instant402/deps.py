@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Annotated
 
+from annotated_types import Ge, Le
 from fastapi import Request
+from pydantic import Strict
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from instant402.config import Settings
 from instant402.db import Database
+
+# Integers from a request stay within 2^53 - 1: every JSON client reads them exactly, they fit the database's 64-bit
+# columns (SQLite INTEGER, PostgreSQL BIGINT), and they are far beyond any id, price or count. A larger number in a
+# path, query or body is a 422 from its schema, never an overflow in the driver.
+MAX_INT = 2**53 - 1
+Id = Annotated[int, Ge(1), Le(MAX_INT)]  # a row id in a path or query
+StrictId = Annotated[int, Strict(), Ge(1), Le(MAX_INT)]  # a row id in a JSON body: no booleans, no strings
 
 
 def get_settings(request: Request) -> Settings:

@@ -21,7 +21,7 @@ from instant402.accounts.schemas import (
     user_out,
 )
 from instant402.config import Settings
-from instant402.deps import client_ip, get_db, get_settings
+from instant402.deps import Id, client_ip, get_db, get_settings
 
 router = APIRouter(prefix="/api/v1", tags=["accounts"])
 
@@ -102,6 +102,6 @@ async def new_token(body: TokenIn, user: User = Depends(current_user), db: Async
 
 
 @router.delete("/me/tokens/{token_id}", status_code=204)
-async def revoke(token_id: int, user: User = Depends(current_user), db: AsyncSession = Depends(get_db)):
+async def revoke(token_id: Id, user: User = Depends(current_user), db: AsyncSession = Depends(get_db)):
     await service.revoke_token(db, user, token_id)
     return Response(status_code=204)

@@ -13,6 +13,7 @@ from instant402.accounts.auth import current_user
 from instant402.accounts.validation import RESERVED_USERNAMES
 from instant402.body_limits import BodyRule
 from instant402.config import Settings
+from instant402.deps import Id
 from instant402.execution.limits import OverCapacity
 from instant402.payments.owner_run import run_owner_test
 from instant402.payments.paid_call import handle_paid_call
@@ -54,7 +55,7 @@ async def paid_call(creator: str, slug: str, request: Request):
 @test_run_router.post(
     "/api/v1/me/resources/{resource_id}/test", summary="Run your own resource without paying (a test)"
 )
-async def owner_test_run(request: Request, resource_id: int, body: Any = Body(default=None)):
+async def owner_test_run(request: Request, resource_id: Id, body: Any = Body(default=None)):
     rt = request.app.state.runtime
     # The session and the caller come from the same functions as elsewhere, called here rather than through
     # dependency injection, which costs ~0.2 ms of CPU per call on this hot path.
