@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from instant402.accounts import service
-from instant402.accounts.auth import SESSION_COOKIE, current_user
+from instant402.accounts.auth import SESSION_COOKIE, current_user, identify
 from instant402.accounts.models import User
 from instant402.accounts.schemas import (
     LoginIn,
@@ -73,6 +73,7 @@ async def login(
 
 @router.post("/auth/logout", status_code=204)
 async def logout(request: Request, response: Response, db: AsyncSession = Depends(get_db)):
+    await identify(request, db)  # a live session cookie must come with its CSRF token, as for any change (403)
     if token := request.cookies.get(SESSION_COOKIE):
         await service.end_session(db, token)
     response.delete_cookie(SESSION_COOKIE, path="/")

@@ -40,7 +40,7 @@ def serve(
         port=port or settings.port,
         workers=workers,
         access_log=False,
-        proxy_headers=True,
+        **settings.uvicorn_proxy_options,
     )
 
 

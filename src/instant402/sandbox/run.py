@@ -186,6 +186,7 @@ def run_sandbox(port: int, data_dir: Path) -> None:
             port=ports.web,
             access_log=False,
             log_level="warning",
+            **settings.uvicorn_proxy_options,
         )
         asyncio.run(_serve_until_signal(_OwnSignalsServer(config)))
     finally:
