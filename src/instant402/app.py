@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None, *, facilitator: Any = None) -> 
         version=__version__,
         description="Pay-per-call AI resources: OpenRouter models behind x402 payments.",
         lifespan=lifespan,
+        redirect_slashes=False,  # the 404 handler redirects, to the configured public URL rather than the Host header
     )
     app.state.settings = settings
     app.state.db = Database(settings)

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -98,6 +98,22 @@ def allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
+def slash_redirect(request: Request) -> str | None:
+    """Where a path with (or without) a trailing slash lives without (or with) it, on the configured public URL.
+
+    Starlette's own redirect builds the URL from the request's Host header, which the client chooses.
+    """
+    path = request.url.path
+    if path == "/":
+        return None
+    other = path.rstrip("/") if path.endswith("/") else path + "/"
+    scope = {"type": "http", "path": other, "method": request.method, "root_path": "", "headers": []}
+    if not any(route.matches(dict(scope))[0] != Match.NONE for route in _route_candidates(request.app.router.routes)):
+        return None
+    query = f"?{request.url.query}" if request.url.query else ""
+    return request.app.state.settings.public_url.rstrip("/") + other + query
+
+
 # Documented on every operation: the error answers any of them may give, in the one error shape.
 _DOCUMENTED_ERRORS = {
     400: "Malformed request: the body is not valid JSON.",
@@ -173,6 +189,8 @@ def install_error_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else "Request failed."
         headers = exc.headers
         if exc.status_code == 404:
+            if target := slash_redirect(request):
+                return RedirectResponse(target, status_code=307)
             message = "Not found."
         elif exc.status_code == 405:
             headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}

@@ -52,6 +52,7 @@ def _chart(title: str, days: list[date], series: dict[str, list], value_format, 
     for name, values in series.items():
         chart.add(name, values)
     svg = re.sub(r"<!--.*?-->", "", chart.render(is_unicode=True), flags=re.S)
+    svg = re.sub(r"<script.*?</script>", "", svg, flags=re.S)  # tooltip config for the script left out above
     return Markup(svg.replace("<svg ", f'<svg role="img" aria-label="{title}" ', 1))  # noqa: S704 pygal's own SVG
 
 
