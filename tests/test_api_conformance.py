@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 HUGE = "99999999999999999999999"
+INT32_OVER = str(2**31)  # fits 64 bits, not PostgreSQL's INTEGER columns
 
 
 @pytest.mark.parametrize(
@@ -14,6 +15,7 @@ HUGE = "99999999999999999999999"
         f"/api/v1/resources?min_price={HUGE}",
         f"/api/v1/resources?max_price={HUGE}",
         f"/api/v1/models?min_context={HUGE}",
+        f"/api/v1/models?min_context={INT32_OVER}",
         f"/api/v1/models?page={HUGE}",
         "/api/v1/models?per_page=1000",
     ],
@@ -34,6 +36,9 @@ async def test_out_of_range_integers_are_refused_anonymously(client, path):
         ("POST", f"/api/v1/me/resources/{HUGE}/test"),
         ("DELETE", f"/api/v1/me/tokens/{HUGE}"),
         ("GET", f"/api/v1/me/usage?resource_id={HUGE}"),
+        ("GET", f"/api/v1/me/resources/{INT32_OVER}"),
+        ("DELETE", f"/api/v1/me/tokens/{INT32_OVER}"),
+        ("GET", f"/api/v1/me/usage?resource_id={INT32_OVER}"),
     ],
 )
 async def test_out_of_range_ids_are_refused(client, make_creator, method, path):

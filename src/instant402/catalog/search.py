@@ -19,7 +19,7 @@ INPUT_MODALITIES = ("text", "image", "audio", "video", "file")
 MAX_QUERY_LENGTH = 200
 MAX_TERMS = 10
 MAX_PER_PAGE = 100
-MAX_CONTEXT = 2**53 - 1  # within the column's 64 bits (and exact in every JSON client)
+MAX_CONTEXT = 2**31 - 1  # the column is a (32-bit on PostgreSQL) INTEGER
 MAX_PAGE = 100_000  # far past any catalog; keeps the offset within the database's integers
 MAX_PRICE_PER_MILLION = Decimal(1_000_000)  # USD per 1M tokens; beyond this a filter is a typo
 
@@ -95,7 +95,7 @@ def validate(query: ModelQuery) -> ModelQuery:
     if query.sort not in SORTS:
         raise field_error("sort", f"Unknown sort; use one of: {', '.join(SORTS)}.")
     if query.min_context is not None and not 0 <= query.min_context <= MAX_CONTEXT:
-        raise field_error("min_context", "Give a context length of 0 or more tokens (below 2^53).")
+        raise field_error("min_context", "Give a context length of 0 or more tokens (below 2^31).")
     if not 1 <= query.page <= MAX_PAGE:
         raise field_error("page", f"Pages go from 1 to {MAX_PAGE}.")
     if not 1 <= query.per_page <= MAX_PER_PAGE:
