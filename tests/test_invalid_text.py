@@ -39,3 +39,19 @@ def test_valid_astral_text_still_passes():
     # A surrogate pair in JSON is one valid character (here U+1F600): accepted as it was.
     values = validate_input(resource(), json.loads(b'{"text": "\\ud83d\\ude00 ok"}'))
     assert values["text"] == "\U0001f600 ok"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "raw"),
+    [
+        ("PATCH", "/api/v1/me/limits", b'{"webhook_url": "https://hooks.example/\\ud800"}'),
+        ("POST", "/api/v1/me/tokens", b'{"name": "\\ud800"}'),
+    ],
+)
+async def test_invalid_text_anywhere_is_a_422_that_changes_nothing(client, make_creator, method, path, raw):
+    creator = await make_creator()
+    before = (await client.get("/api/v1/me/limits", headers=creator.headers)).json()
+    headers = {**creator.headers, "Content-Type": "application/json"}
+    r = await client.request(method, path, content=raw, headers=headers)
+    assert r.status_code == 422, r.text
+    assert (await client.get("/api/v1/me/limits", headers=creator.headers)).json() == before

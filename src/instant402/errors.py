@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
+from sqlalchemy.exc import StatementError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -167,6 +168,21 @@ def document_errors(app: FastAPI) -> None:
     app.openapi = openapi
 
 
+_INVALID_TEXT = "The request holds invalid Unicode text (a lone surrogate)."
+
+
+def _invalid_text(exc: BaseException) -> bool:
+    """Whether ``exc`` was caused by encoding text with a lone surrogate (anywhere in its chain)."""
+    seen = 0
+    cause: BaseException | None = exc
+    while cause is not None and seen < 8:
+        if isinstance(cause, UnicodeEncodeError) and "surrogate" in str(cause):
+            return True
+        cause = cause.__cause__ or cause.__context__
+        seen += 1
+    return False
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -195,6 +211,16 @@ def install_error_handlers(app: FastAPI) -> None:
         elif exc.status_code == 405:
             headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
         return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=headers)
+
+    async def _text(_: Request, exc: Exception) -> JSONResponse:
+        # A lone surrogate (a JSON \u escape) in a field no schema checks: the database refused to store it and the
+        # transaction is rolled back. Bad input, so a 422, not a 500.
+        if _invalid_text(exc):
+            return JSONResponse(error_body("invalid_text", _INVALID_TEXT), 422)
+        raise exc
+
+    app.add_exception_handler(UnicodeEncodeError, _text)
+    app.add_exception_handler(StatementError, _text)  # how SQLAlchemy wraps it on some drivers
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
