@@ -42,7 +42,8 @@ def creator_token(url: str) -> str:
         return r.json()["token"]
 
 
-def run_schemathesis(url: str, *extra: str) -> str:
+def run_schemathesis(url: str, workdir: Path, *extra: str) -> str:
+    """Run the schemathesis CLI (in ``workdir``: it keeps a corpus of failures in its working directory)."""
     command = [
         str(SCHEMATHESIS),
         "run",
@@ -61,7 +62,7 @@ def run_schemathesis(url: str, *extra: str) -> str:
         "--continue-on-failure",
         *extra,
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=workdir)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-6000:]
     return out
@@ -75,12 +76,12 @@ def cases(out: str) -> int:
 
 
 @pytest.mark.skipif(not SCHEMATHESIS.exists(), reason="schemathesis is not installed (dev extra)")
-def test_schema_and_behaviour_agree(app, server):
-    anonymous = run_schemathesis(server)
+def test_schema_and_behaviour_agree(app, server, tmp_path):
+    anonymous = run_schemathesis(server, tmp_path)
     # The creator's run leaves the token's own revocation out: it would end the run's authentication.
     token = creator_token(server)
     signed_in = run_schemathesis(
-        server, "--header", f"Authorization: Bearer {token}", "--exclude-path", "/api/v1/me/tokens/{token_id}"
+        server, tmp_path, "--header", f"Authorization: Bearer {token}", "--exclude-path", "/api/v1/me/tokens/{token_id}"
     )
     assert cases(anonymous) >= MIN_CASES
     assert cases(signed_in) >= MIN_CASES
