@@ -83,5 +83,6 @@ def test_schema_and_behaviour_agree(app, server, tmp_path):
     signed_in = run_schemathesis(
         server, tmp_path, "--header", f"Authorization: Bearer {token}", "--exclude-path", "/api/v1/me/tokens/{token_id}"
     )
-    assert cases(anonymous) >= MIN_CASES
-    assert cases(signed_in) >= MIN_CASES
+    counts = cases(anonymous), cases(signed_in)
+    print(f"schemathesis: {counts[0]} anonymous and {counts[1]} signed-in cases, all passed")
+    assert min(counts) >= MIN_CASES
