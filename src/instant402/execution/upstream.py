@@ -29,6 +29,7 @@ from instant402.execution.errors import Category, UpstreamFailure
 from instant402.execution.limits import observe_upstream
 from instant402.execution.media import MediaStore, local_media_store
 from instant402.execution.outputs import normalise
+from instant402.keys.redaction import redact
 from instant402.ops import metrics
 
 OutputKind = Literal["text", "json", "image"]
@@ -154,12 +155,17 @@ class Upstream:
             if last is not None and time.monotonic() >= end:
                 break
             try:
-                return await self._run_model(client, auth, request, model, end, attempts)
+                completion = await self._run_model(client, auth, request, model, end, attempts)
             except UpstreamFailure as failure:
                 last = failure
                 if not failure.fallback_ok:
                     break
+            else:
+                _mask_key(attempts, api_key)
+                return completion
         assert last is not None
+        _mask_key(attempts, api_key)
+        last.creator_detail = redact(last.creator_detail, api_key)
         last.attempts = attempts
         raise last
 
@@ -348,6 +354,13 @@ class Upstream:
             cost=_decimal(getattr(usage, "cost", None)),
             generation_id=gen_id,
         )
+
+
+def _mask_key(attempts: list[Attempt], api_key: str) -> None:
+    """Details are masked for key-shaped text when made; an upstream may also echo the key in another shape."""
+    for attempt in attempts:
+        if attempt.detail:
+            attempt.detail = redact(attempt.detail, api_key)
 
 
 def _refused(exc: BaseException) -> bool:
