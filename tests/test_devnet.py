@@ -55,11 +55,21 @@ def test_token_and_balances_over_http_json_rpc(devnet):
         assert "error" in bad
         assert httpx.post(url, content=b"{not json").json()["error"]["code"] == -32700
 
+        # eth_getLogs takes one address as a plain string or a list (the JSON-RPC spec allows both).
+        for address in (devnet.token, [devnet.token]):
+            query = {"fromBlock": "0x0", "toBlock": "latest", "address": address}
+            body = {"jsonrpc": "2.0", "id": 3, "method": "eth_getLogs", "params": [query]}
+            logs = httpx.post(url, json=body).json()
+            assert "error" not in logs and logs["result"], logs
+            assert {entry["address"].lower() for entry in logs["result"]} == {devnet.token.lower()}
+
 
 def test_compiled_token_cached_and_keys_reused(tmp_path):
     first = Devnet.start(data_dir=tmp_path, buyers=2)
     cached = list((tmp_path / "devnet").glob("token-*.json"))
     assert len(cached) == 1
+    assert len(list((tmp_path / "devnet").glob("permit2-*.json"))) == 1
+    assert len(list((tmp_path / "devnet").glob("upto_proxy-*.json"))) == 1
     second = Devnet.start(data_dir=tmp_path, buyers=2)
     assert [b.address for b in second.buyers] == [b.address for b in first.buyers]
     assert second.facilitator_account.address == first.facilitator_account.address
@@ -85,8 +95,10 @@ async def test_facilitator_over_http_supported_verify_settle(devnet, devnet_faci
     with serve_in_thread(facilitator_app(devnet_facilitator)) as url:
         supported = httpx.get(f"{url}/supported").json()
         assert [(k["x402Version"], k["scheme"], k["network"]) for k in supported["kinds"]] == [
-            (2, "exact", devnet.network)
+            (2, "exact", devnet.network),
+            (2, "upto", devnet.network),
         ]
+        assert supported["extensions"] == ["eip2612GasSponsoring"]
         assert supported["signers"]["eip155:*"] == [devnet.facilitator_account.address]
 
         client = HTTPFacilitatorClient(FacilitatorConfig(url=url))

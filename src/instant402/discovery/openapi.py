@@ -76,10 +76,14 @@ def _mark_security(doc: dict[str, Any]) -> None:
 _RESOURCES = "/\u0000resources"  # where the resources' operations are spliced into the serialized document
 
 
-def _operation_json(item: Listed) -> str:
+def _operation_json(item: Listed, error_schema: dict[str, Any] | None) -> str:
     found = item.derived.get("openapi")
     if found is None:
-        found = item.derived["openapi"] = json.dumps({"post": paid_operation(item)}, separators=(",", ":"))
+        operation = paid_operation(item)
+        if error_schema is not None:  # the app documents its one error shape: so do the paid operations
+            for status in ("402", "422"):
+                operation["responses"][status]["content"] = {"application/json": {"schema": error_schema}}
+        found = item.derived["openapi"] = json.dumps({"post": operation}, separators=(",", ":"))
     return found
 
 
@@ -109,7 +113,11 @@ def serialized(base: dict[str, Any], snap: Snapshot) -> bytes:
     found = snap.derived.get(key)
     if found is None:
         text = json.dumps(_skeleton(base), separators=(",", ":"))
-        operations = ",".join(f"{json.dumps(f'/{i.creator}/{i.slug}')}:{_operation_json(i)}" for i in snap.items)
+        documented = "ErrorBody" in base.get("components", {}).get("schemas", {})
+        errors = {"$ref": "#/components/schemas/ErrorBody"} if documented else None
+        operations = ",".join(
+            f"{json.dumps(f'/{i.creator}/{i.slug}')}:{_operation_json(i, errors)}" for i in snap.items
+        )
         placeholder = f"{json.dumps(_RESOURCES)}:0"
         if not operations:  # the placeholder is never the only path: the app's own come first
             placeholder, operations = "," + placeholder, ""

@@ -73,7 +73,7 @@ async def _settle(
     if resumed:
         # An earlier run of this job delivered and may have settled before its process died: ask the chain (or
         # the facilitator, while the authorization is valid) before settling again.
-        await settlement.keep(rt, job.usage_id, result, payload, requirements, {})
+        await settlement.keep(rt, job.usage_id, result, payload, requirements, {}, again=True)
         status = await settlement.resolve(rt, job.usage_id)
         if status == UsageStatus.succeeded:
             return await _deliver_kept(rt, job, worker_id, result)
@@ -85,7 +85,7 @@ async def _settle(
     gateway = await rt.payments()
     started = time.perf_counter()
     try:
-        outcome = await settle_and_record(rt, gateway, job.usage_id, payload, requirements, result)
+        outcome = await settle_and_record(rt, gateway, job.usage_id, payload, requirements, result, kept=resumed)
     except ApiError as err:
         if err.code != "settlement_pending":
             raise

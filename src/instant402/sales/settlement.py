@@ -15,7 +15,7 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from x402.http import encode_payment_response_header
 from x402.schemas import PaymentPayload, PaymentRequirements, SettleResponse
 
@@ -32,7 +32,12 @@ log = logging.getLogger(__name__)
 _kept = KeptResult.__table__
 _claims = PaymentClaim.__table__
 _usage = UsageRecord.__table__
+# The hot path's statements, built once (see DEVELOPERS.md): keep before settling, then mark settled.
 _INSERT_KEPT = quick_write(insert(_kept))
+_DELETE_KEPT = quick_write(delete(_kept)).where(_kept.c.usage_id == bindparam("row_id"))
+_SETTLE_KEPT = (
+    quick_write(update(_kept)).where(_kept.c.usage_id == bindparam("row_id")).values(payment=None, requirements=None)
+)
 
 # The facilitator could not say whether the transfer happened: a transport failure or timeout, or the
 # authorization already used on chain (by an earlier attempt of ours, or by anyone who submitted it: either way
@@ -59,14 +64,18 @@ async def keep(
     payload: PaymentPayload,
     requirements: PaymentRequirements,
     usage_fields: dict[str, Any],
+    *,
+    again: bool = False,
 ) -> None:
-    """Keep the result (and the payment, to retry settlement) with the run's figures, in one transaction."""
+    """Keep the result (and the payment, to retry settlement) with the run's figures, in one transaction.
+    ``again``: a resumed job keeps its result once more, replacing what an earlier run kept."""
     expires = utcnow() + timedelta(hours=rt.settings.result_retention_hours)
     async with rt.db.sessions() as db:
-        conn = await db.connection()
         if usage_fields:
             await update_usage(db, usage_id, **usage_fields)
-        await conn.execute(delete(_kept).where(_kept.c.usage_id == usage_id))  # a resumed job keeps it again
+        conn = await db.connection()
+        if again:
+            await conn.execute(_DELETE_KEPT, {"row_id": usage_id})
         row = {"usage_id": usage_id, "body": result, "expires_at": expires, "payment_response": None}
         await conn.execute(_INSERT_KEPT, {**row, "payment": _json(payload), "requirements": _json(requirements)})
         await db.commit()
@@ -99,9 +108,7 @@ async def mark_settled(
             **usage_fields,
         )
         await (await db.connection()).execute(
-            update(_kept)
-            .where(_kept.c.usage_id == usage_id)
-            .values(body=body, payment_response=header, payment=None, requirements=None)
+            _SETTLE_KEPT, {"row_id": usage_id, "body": body, "payment_response": header}
         )
         await db.commit()
     return body, header
@@ -120,7 +127,7 @@ async def mark_unsettled(rt: Runtime, usage_id: int, status: str, code: str | No
             finished_at=utcnow(),
             **fields,
         )
-        await (await db.connection()).execute(delete(_kept).where(_kept.c.usage_id == usage_id))
+        await (await db.connection()).execute(_DELETE_KEPT, {"row_id": usage_id})
         await db.commit()
 
 

@@ -9,9 +9,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from instant402.accounts import service as accounts
 from instant402.accounts.models import User
-from instant402.config import Settings
-from instant402.deps import get_db, get_settings
+from instant402.config import Mode, Settings
+from instant402.deps import Id, get_db, get_settings
 from instant402.errors import ApiError
+from instant402.execution import budgets
 from instant402.keys import service as keys
 from instant402.resources import service as resources
 from instant402.web.common import field_errors, page_router, read_form, require_user, text
@@ -39,6 +40,9 @@ async def _page(request: Request, db: AsyncSession, user: User, status_code: int
         "message": None,
         "new_token": None,
         "payout_value": user.payout_address or "",
+        "limits": await budgets.limits_out(db, user.id),
+        "limit_values": None,
+        "sandbox": request.app.state.settings.mode == Mode.sandbox,
         **extra,
     }
     return render(request, "settings.html", status_code=status_code, user=user, **context)
@@ -66,6 +70,27 @@ async def save_key(
     if outcome.resumed_resources:
         message += f" {outcome.resumed_resources} paused resource(s) are live again."
     return await _page(request, db, user, message=message)
+
+
+@router.post("/settings/key/sandbox")
+async def use_sandbox_key(
+    request: Request,
+    user: User = Depends(require_user),
+    db: AsyncSession = Depends(get_db),
+    settings: Settings = Depends(get_settings),
+):
+    """Sandbox only: save the sandbox's own emulator key for this creator (the key never reaches the page)."""
+    from instant402.sandbox.demo import sandbox_openrouter_key
+
+    await read_form(request)  # checks the CSRF token
+    if settings.mode != Mode.sandbox:
+        raise ApiError(404, "not_found", "Not found.")
+    key = sandbox_openrouter_key(settings.data_dir)
+    try:
+        outcome = await keys.save_key(db, request.app.state.vault, settings, user.id, key)
+    except ApiError as err:
+        return await _page(request, db, user, err.status, errors={"key": err.message})
+    return await _page(request, db, user, message=outcome.message)
 
 
 @router.post("/settings/key/verify")
@@ -121,8 +146,21 @@ async def create_token(request: Request, user: User = Depends(require_user), db:
 
 @router.post("/settings/tokens/{token_id}/revoke")
 async def revoke_token(
-    token_id: int, request: Request, user: User = Depends(require_user), db: AsyncSession = Depends(get_db)
+    token_id: Id, request: Request, user: User = Depends(require_user), db: AsyncSession = Depends(get_db)
 ):
     await read_form(request)
     await accounts.revoke_token(db, user, token_id)
     return await _page(request, db, user, message="Token revoked.")
+
+
+@router.post("/settings/limits")
+async def save_limits(request: Request, user: User = Depends(require_user), db: AsyncSession = Depends(get_db)):
+    form = await read_form(request)
+    # Every field is on the form: an empty one clears that limit (the default applies again).
+    changes = {name: text(form, name) or None for name in budgets.LIMIT_FIELDS}
+    try:
+        await budgets.update_limits(request.app.state.runtime, db, user.id, changes)
+    except ApiError as err:  # checked before anything is written
+        values = {k: v or "" for k, v in changes.items()}
+        return await _page(request, db, user, err.status, errors=field_errors(err), limit_values=values)
+    return await _page(request, db, user, message="Cost limits and webhook saved.")

@@ -1,7 +1,7 @@
 """payments: what each claim was for, and results kept for re-delivery
 
-Revision ID: 0009_redelivery
-Revises: 0006_execution
+Revision ID: 0008_redelivery
+Revises: 0007_metered
 """
 
 import sqlalchemy as sa
@@ -9,8 +9,8 @@ from alembic import op
 
 from instant402.db.base import UTCDateTime
 
-revision = "0009_redelivery"
-down_revision = "0006_execution"
+revision = "0008_redelivery"
+down_revision = "0007_metered"
 branch_labels = None
 depends_on = None
 
