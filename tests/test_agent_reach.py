@@ -156,6 +156,10 @@ async def test_openapi_lists_every_published_resource_as_a_paid_operation(market
         assert op["requestBody"]["content"]["application/json"]["schema"]["type"] == "object"
         assert op["responses"]["200"]["content"]["application/json"]["schema"]["type"] == "object"
         assert "402" in op["responses"]
+        # The one error shape, as the app documents it for every operation.
+        for status in ("400", "404", "413", "422", "429"):
+            ref = op["responses"][status]["content"]["application/json"]["schema"]["$ref"]
+            assert ref == "#/components/schemas/ErrorBody", (path, status)
         probe = market.http.post(path)
         assert probe.status_code == 402, (path, probe.text)
         amount = int(read_payment_required(probe).accepts[0].amount)

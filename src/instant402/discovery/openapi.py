@@ -25,6 +25,7 @@ GUIDANCE = (
 )
 BEARER = "creatorToken"
 PAID_TAG = "resources for sale"
+PAID_ROUTE = "/{creator}/{slug}"  # the generic paid route, as FastAPI documents it
 _PRIVATE_PREFIXES = ("/api/v1/me",)  # the creator API: a personal access token (or the session cookie)
 _OPERATION_ID = re.compile(r"[^A-Za-z0-9_]")
 
@@ -76,13 +77,20 @@ def _mark_security(doc: dict[str, Any]) -> None:
 _RESOURCES = "/\u0000resources"  # where the resources' operations are spliced into the serialized document
 
 
-def _operation_json(item: Listed, error_schema: dict[str, Any] | None) -> str:
+def _operation_json(item: Listed, documented: dict[str, Any]) -> str:
     found = item.derived.get("openapi")
     if found is None:
         operation = paid_operation(item)
-        if error_schema is not None:  # the app documents its one error shape: so do the paid operations
-            for status in ("402", "422"):
-                operation["responses"][status]["content"] = {"application/json": {"schema": error_schema}}
+        # The error answers the app documents for the paid route (the one error shape), with this operation's own
+        # descriptions of 402 and 422.
+        for status, answer in documented.items():
+            if status in operation["responses"] and "content" in answer and status[0] == "4":
+                operation["responses"][status] = {
+                    **answer,
+                    **operation["responses"][status],
+                    "content": answer["content"],
+                }
+            operation["responses"].setdefault(status, answer)
         found = item.derived["openapi"] = json.dumps({"post": operation}, separators=(",", ":"))
     return found
 
@@ -113,10 +121,10 @@ def serialized(base: dict[str, Any], snap: Snapshot) -> bytes:
     found = snap.derived.get(key)
     if found is None:
         text = json.dumps(_skeleton(base), separators=(",", ":"))
-        documented = "ErrorBody" in base.get("components", {}).get("schemas", {})
-        errors = {"$ref": "#/components/schemas/ErrorBody"} if documented else None
+        route = base.get("paths", {}).get(PAID_ROUTE, {}).get("post", {})
+        documented = {k: v for k, v in route.get("responses", {}).items() if k[0] in "45"}
         operations = ",".join(
-            f"{json.dumps(f'/{i.creator}/{i.slug}')}:{_operation_json(i, errors)}" for i in snap.items
+            f"{json.dumps(f'/{i.creator}/{i.slug}')}:{_operation_json(i, documented)}" for i in snap.items
         )
         placeholder = f"{json.dumps(_RESOURCES)}:0"
         if not operations:  # the placeholder is never the only path: the app's own come first

@@ -80,7 +80,6 @@ async def _items(rt: Runtime, snap: Snapshot) -> list[tuple[Listed, bytes, str]]
 @router.get(
     "/discovery/resources",
     summary="Published resources in the x402 discovery (Bazaar) format, paginated, by text and tag",
-    responses={422: {"description": "Invalid paging or filter"}},
 )
 async def discovery_resources(
     request: Request,
