@@ -61,12 +61,12 @@ async def _items(rt: Runtime, snap: Snapshot) -> list[tuple[Listed, bytes, str]]
     text, once per catalog version."""
     found = snap.derived.get("discovery")
     if found is None:
-        gateway = await rt.payments()
         found = []
         for n, entry in enumerate(snap.items):
             rendered = entry.derived.get("discovery")
             if rendered is None:
-                item = _item(rt, gateway, entry)
+                # The requirements need the facilitator's answer: 503 payments_unavailable while it is unreachable.
+                item = _item(rt, await rt.payments(), entry)
                 text = " ".join((entry.name, entry.description, entry.creator, entry.slug, *entry.tags)).lower()
                 rendered = entry.derived["discovery"] = (None if item is None else json.dumps(item).encode(), text)
                 if n % 100 == 99:
@@ -80,6 +80,7 @@ async def _items(rt: Runtime, snap: Snapshot) -> list[tuple[Listed, bytes, str]]
 @router.get(
     "/discovery/resources",
     summary="Published resources in the x402 discovery (Bazaar) format, paginated, by text and tag",
+    responses={503: {"description": "Payments are unavailable (the facilitator cannot be reached)"}},
 )
 async def discovery_resources(
     request: Request,

@@ -132,9 +132,9 @@ async def owner_test_run(request: Request, resource_id: Id, body: Any = Body(def
 )
 async def compare(request: Request, resource_id: Id, body: Any = Body(default=None)):
     rt = request.app.state.runtime
+    async with rt.db.sessions() as db:
+        user = await current_user(request, db)  # who asks first: an anonymous caller gets 401, not 422
     if not isinstance(body, dict):
         raise ApiError(422, "invalid_input", 'Send {"models": [...], "input": {...}}.')
-    async with rt.db.sessions() as db:
-        user = await current_user(request, db)
     results = await compare_models(rt, user, resource_id, body.get("models"), body.get("input"))
     return {"results": results}
