@@ -1,0 +1,169 @@
+"""The paid route's event-stream door: a text resource's answer as Server-Sent Events, as the model writes it.
+
+Sold through the same core steps as a JSON answer: ``admitted`` → ``verify`` → ``claim`` while the buyer still gets
+plain JSON errors, then the response starts and the run streams, then ``ran`` and ``settle_and_record``. The wire:
+
+    data: {"text": "…"}                  one event per text delta
+    event: done   data: {…}              usage, cost, model, receipt and ``payment_response`` (the PAYMENT-RESPONSE
+                                         value: the headers went out before the payment settled)
+    event: error  data: {"error": {…}}   the one error shape, ``charged: false``
+
+Money, flat price: settled once the model completed its answer; an upstream failure mid-stream or a buyer who leaves
+is not charged (the partial text is theirs). A buyer who leaves closes the upstream call at once. Nothing is written
+to the database per delta, and each delta is encoded once, into its event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+from starlette.responses import Response
+from x402.schemas import PaymentPayload
+
+from instant402.errors import ApiError, error_body
+from instant402.execution.runner import RunOutcome, StreamedRun
+from instant402.resources.models import AnyResource
+from instant402.runtime import Runtime
+from instant402.sales import core
+
+EVENT_STREAM = "text/event-stream"
+_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),  # proxies such as nginx must pass each event on at once
+]
+_JSON_TYPES = frozenset({"application/json", "application/*", "*/*"})
+
+
+def negotiate(resource: AnyResource, accept: str | None) -> bool:
+    """Whether to answer with an event stream: the buyer asked for one and the resource writes text. A JSON or image
+    resource asked for a stream only is refused (406) before any payment."""
+    if not accept or EVENT_STREAM not in accept:
+        return False
+    types = _accepted(accept)
+    if EVENT_STREAM not in types:
+        return False
+    if resource.output_kind == "text":
+        return True
+    if types & _JSON_TYPES:
+        return False  # the buyer takes JSON too
+    raise ApiError(
+        406,
+        "stream_not_supported",
+        f"This resource's output is {resource.output_kind}, answered whole as application/json: it cannot be "
+        "streamed. Ask for Accept: application/json.",
+        {"charged": False, "available": ["application/json"]},
+    )
+
+
+def _accepted(accept: str) -> set[str]:
+    """The media types an Accept header takes (those with q=0 are refused, so left out)."""
+    types = set()
+    for item in accept.split(","):
+        kind, *params = (part.strip().lower() for part in item.split(";"))
+        if not any(p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in params):
+            types.add(kind)
+    return types
+
+
+async def start(
+    rt: Runtime, prepared: core.Prepared, payload: PaymentPayload, arrived: float
+) -> core.PaymentRefused | EventStream:
+    """Admit, verify and claim the payment like ``core.complete``; the stream then owns the admission. A refusal
+    before the stream is returned (or raised as ApiError) for the door's usual JSON answer. ``arrived``: the request's
+    ``time.perf_counter()``, for the time to first token."""
+    async with contextlib.AsyncExitStack() as stack:
+        sale = await stack.enter_async_context(core.admitted(rt, prepared, payload))
+        refused = await core.verify(rt, sale)
+        if refused is None:
+            refused = await core.claim(rt, sale)
+        if refused is not None:
+            return refused
+        return EventStream(rt, sale, stack.pop_all(), arrived)
+
+
+class EventStream(Response):
+    """The ASGI response of one sold stream. It ends the sale whatever happens, and releases the admission (upstream
+    slot, budget hold) when done."""
+
+    status_code = 200
+    background = None
+    media_type = EVENT_STREAM
+
+    def __init__(self, rt: Runtime, sale: core.Sale, admission: contextlib.AsyncExitStack, arrived: float):
+        # Not Response.__init__: there is no body to render, the events are sent as they come.
+        self.rt, self.sale, self.admission, self.arrived = rt, sale, admission, arrived
+
+    async def __call__(self, scope, receive, send) -> None:
+        rt, sale = self.rt, self.sale
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+            run = StreamedRun(rt, sale.resource, sale.prepared.values, sale.deadline(rt), sale.key, self.arrived)
+            ended = await _relay(run, send, receive)
+            last = await self._finish(run.outcome if ended else run.cut_short(), ended)
+            await send({"type": "http.response.body", "body": last, "more_body": False})
+        finally:
+            await self.admission.aclose()
+
+    async def _finish(self, outcome: RunOutcome, ended: bool) -> bytes:
+        """Account for the run; settle a completed one. Returns the last event (unread when the buyer left)."""
+        rt, sale = self.rt, self.sale
+        try:
+            outcome = await core.ran(rt, sale, outcome)
+        except ApiError as err:
+            if not ended and sale.hold is not None:
+                # A stream cut short never got its usage back: the budget keeps the worst case held for it.
+                sale.hold.actual_usd = sale.prepared.worst
+            return _event(b"error", error_body(err.code, err.message, err.details))
+        requirements = sale.prepared.quote.requirements
+        summary = core.success_body(outcome, None)
+        del summary["output"]  # the text went out as it came
+        summary["first_token_ms"] = outcome.first_token_ms
+        sold = await core.settle_and_record(
+            rt, sale.prepared.gateway, sale.usage_id, sale.payload, requirements, summary, outcome
+        )
+        if isinstance(sold, core.PaymentRefused):
+            details = {"reason": sold.reason, "charged": False}
+            return _event(b"error", error_body("payment_not_settled", sold.message, details))
+        return _event(b"done", {**sold.body, "payment_response": sold.payment_response})
+
+
+async def _relay(run: StreamedRun, send, receive) -> bool:
+    """Send the run's text as events while watching for the buyer leaving. True when the run ended by itself; False
+    when the buyer left, in which case the run was closed (and with it the upstream call) before this returns."""
+    pump = asyncio.create_task(_pump(run, send))
+    gone = asyncio.create_task(_disconnected(receive))
+    try:
+        await asyncio.wait((pump, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not pump.done():
+            pump.cancel()
+            await asyncio.wait((pump,))
+    if pump.cancelled():
+        return False
+    error = pump.exception()
+    if isinstance(error, OSError):  # the connection broke under a write
+        return False
+    if error is not None:
+        raise error
+    return True
+
+
+async def _pump(run: StreamedRun, send) -> None:
+    async with contextlib.aclosing(run.deltas()) as deltas:
+        async for text in deltas:
+            event = b'data: {"text":' + json.dumps(text, ensure_ascii=False).encode() + b"}\n\n"
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+
+
+async def _disconnected(receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _event(name: bytes, data: dict[str, Any]) -> bytes:
+    return b"event: " + name + b"\ndata: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
