@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Coroutine
 from typing import Any
 
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from x402.schemas import PaymentPayload
 
 from instant402.errors import ApiError, error_body
@@ -87,7 +88,9 @@ async def start(
 
 class EventStream(Response):
     """The ASGI response of one sold stream. It ends the sale whatever happens, and releases the admission (upstream
-    slot, budget hold) when done."""
+    slot, budget hold) when done. The response starts with the first text: a run that fails before any (the model
+    refused, its provider is down, the creator's key is out of credit) answers a plain JSON error with its status,
+    like the JSON door; after it, an error is the stream's last event."""
 
     status_code = 200
     background = None
@@ -96,20 +99,36 @@ class EventStream(Response):
     def __init__(self, rt: Runtime, sale: core.Sale, admission: contextlib.AsyncExitStack, arrived: float):
         # Not Response.__init__: there is no body to render, the events are sent as they come.
         self.rt, self.sale, self.admission, self.arrived = rt, sale, admission, arrived
+        self.started = False
 
     async def __call__(self, scope, receive, send) -> None:
         rt, sale = self.rt, self.sale
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
             run = StreamedRun(rt, sale.resource, sale.prepared.values, sale.deadline(rt), sale.key, self.arrived)
-            ended = await _relay(run, send, receive)
+            ended = await _relay(self._pump(run, send), receive)
             last = await self._finish(run.outcome if ended else run.cut_short(), ended)
+            if isinstance(last, ApiError):
+                if not self.started:
+                    if ended:  # no text went out: the JSON door's answer
+                        body = error_body(last.code, last.message, last.details)
+                        await JSONResponse(body, last.status, last.headers)(scope, receive, send)
+                    return
+                last = _event(b"error", error_body(last.code, last.message, last.details))
             await send({"type": "http.response.body", "body": last, "more_body": False})
         finally:
             await self.admission.aclose()
 
-    async def _finish(self, outcome: RunOutcome, ended: bool) -> bytes:
-        """Account for the run; settle a completed one. Returns the last event (unread when the buyer left)."""
+    async def _pump(self, run: StreamedRun, send) -> None:
+        async with contextlib.aclosing(run.deltas()) as deltas:
+            async for text in deltas:
+                if not self.started:
+                    self.started = True
+                    await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+                event = b'data: {"text":' + json.dumps(text, ensure_ascii=False).encode() + b"}\n\n"
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+
+    async def _finish(self, outcome: RunOutcome, ended: bool) -> bytes | ApiError:
+        """Account for the run; settle a completed one. Returns the last event, or the error to answer."""
         rt, sale = self.rt, self.sale
         try:
             outcome = await core.ran(rt, sale, outcome)
@@ -117,7 +136,7 @@ class EventStream(Response):
             if not ended and sale.hold is not None:
                 # A stream cut short never got its usage back: the budget keeps the worst case held for it.
                 sale.hold.actual_usd = sale.prepared.worst
-            return _event(b"error", error_body(err.code, err.message, err.details))
+            return err
         requirements = sale.prepared.quote.requirements
         summary = core.success_body(outcome, None)
         del summary["output"]  # the text went out as it came
@@ -126,38 +145,30 @@ class EventStream(Response):
             rt, sale.prepared.gateway, sale.usage_id, sale.payload, requirements, summary, outcome
         )
         if isinstance(sold, core.PaymentRefused):
-            details = {"reason": sold.reason, "charged": False}
-            return _event(b"error", error_body("payment_not_settled", sold.message, details))
+            return ApiError(402, "payment_not_settled", sold.message, {"reason": sold.reason, "charged": False})
         return _event(b"done", {**sold.body, "payment_response": sold.payment_response})
 
 
-async def _relay(run: StreamedRun, send, receive) -> bool:
-    """Send the run's text as events while watching for the buyer leaving. True when the run ended by itself; False
-    when the buyer left, in which case the run was closed (and with it the upstream call) before this returns."""
-    pump = asyncio.create_task(_pump(run, send))
+async def _relay(pump: Coroutine[Any, Any, None], receive) -> bool:
+    """Run ``pump`` (the run's text, sent as events) while watching for the buyer leaving. True when the run ended by
+    itself; False when the buyer left, in which case the run was closed (and with it the upstream call) first."""
+    sending = asyncio.create_task(pump)
     gone = asyncio.create_task(_disconnected(receive))
     try:
-        await asyncio.wait((pump, gone), return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait((sending, gone), return_when=asyncio.FIRST_COMPLETED)
     finally:
         gone.cancel()
-        if not pump.done():
-            pump.cancel()
-            await asyncio.wait((pump,))
-    if pump.cancelled():
+        if not sending.done():
+            sending.cancel()
+            await asyncio.wait((sending,))
+    if sending.cancelled():
         return False
-    error = pump.exception()
+    error = sending.exception()
     if isinstance(error, OSError):  # the connection broke under a write
         return False
     if error is not None:
         raise error
     return True
-
-
-async def _pump(run: StreamedRun, send) -> None:
-    async with contextlib.aclosing(run.deltas()) as deltas:
-        async for text in deltas:
-            event = b'data: {"text":' + json.dumps(text, ensure_ascii=False).encode() + b"}\n\n"
-            await send({"type": "http.response.body", "body": event, "more_body": True})
 
 
 async def _disconnected(receive) -> None:
