@@ -101,6 +101,10 @@ class PaidStream:
     error: dict[str, Any] | None
     receipt: SettleResponse | None
 
+    @property
+    def streamed(self) -> bool:
+        return self.response.headers.get("content-type", "").startswith(EVENT_STREAM)
+
 
 async def read_events(response: httpx.Response) -> AsyncIterator[tuple[str, str]]:
     """The Server-Sent Events of a streamed httpx response, as they arrive: (event name, data) pairs."""

@@ -185,14 +185,14 @@ async def _pay_streamed(report: CallReport, http, client, payment_required, url,
     except Exception as exc:  # signing problems (bad key, refused by spend controls)
         raise CallError(f"could not sign the payment: {exc}") from None
     report.status = paid.response.status_code
-    if paid.done is None and paid.error is None:  # not a stream: a JSON answer (402, error)
+    if not paid.streamed:  # a JSON answer (402, an error before the stream)
         report.result = _body(paid.response)
         return report
     report.paid = paid.receipt is not None and paid.receipt.success
     report.result = {**(paid.done or paid.error or {}), "text": paid.text}
-    if paid.error is not None:
+    if paid.done is None:
         report.status = 502  # the stream broke off: an error, nothing charged
-        report.notes.append("the stream ended with an error")
+        report.notes.append("the stream ended without its final answer")
     if paid.receipt is not None:
         report.receipt = paid.receipt.model_dump(mode="json", by_alias=True, exclude_none=True)
     return report
