@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import statistics
 import time
 from decimal import Decimal
 
@@ -84,7 +85,8 @@ async def test_events_arrive_as_written_and_the_receipt_matches_the_transfer(mar
     # One event per upstream delta, spaced by the model's pace: the first words came long before the end.
     assert len(arrivals) >= 5
     gaps = [b[0] - a[0] for a, b in itertools.pairwise(arrivals)]
-    assert min(gaps) > 0.08, gaps
+    assert statistics.median(gaps) > 0.1, gaps  # (a median: one late delta on a busy machine arrives with the next)
+    assert arrivals[-1][0] - arrivals[0][0] > 0.1 * len(gaps), gaps
     assert arrivals[0][0] - started < (ended - started) / 2
     assert paid.text.startswith('You said: "Write a haiku about rain.".')
     # The final event: usage, cost, model, receipt and the PAYMENT-RESPONSE value.
