@@ -40,7 +40,15 @@ test_run_router = APIRouter(tags=["paid calls"])
 @router.post(
     "/{creator:creator}/{slug}",
     summary="Call an instant resource (x402: answers 402 with payment requirements until paid)",
-    responses={402: {"description": "Payment required (x402 v2, PAYMENT-REQUIRED header)"}},
+    responses={
+        200: {
+            "description": "The answer (JSON), or for a text resource asked with Accept: text/event-stream, its text "
+            "as Server-Sent Events ending with a `done` event carrying the receipt",
+            "content": {"application/json": {}, "text/event-stream": {}},
+        },
+        402: {"description": "Payment required (x402 v2, PAYMENT-REQUIRED header)"},
+        406: {"description": "A stream was asked of a JSON or image resource (before any payment)"},
+    },
 )
 async def paid_call(creator: str, slug: str, request: Request):
     arrived = time.perf_counter()
