@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.support and benchmarks
 
 import httpx
-from benchmarks.paid_call_bench import BIN, child, free_port, pct, publish_resource, wait_http
+from benchmarks.paid_call_bench import BIN, child, cpu_seconds, free_port, pct, publish_resource, wait_http
 from benchmarks.upstream_overhead import start_emulator
 from tests.support.emulator import EmulatorHandle
 from x402.http import x402HTTPClient
@@ -135,11 +135,13 @@ async def run(streams: int, chunk_ms: int) -> None:
                     print(f"emulator pace: {chunk_ms} ms before each content chunk; {streams} streams per level")
                     for level in LEVELS:
                         rounds = max(1, streams // level)
-                        direct, paid = [], []
+                        direct, paid, cpu = [], [], 0.0
                         for _ in range(rounds):
                             direct += await emulator_round(http, emulator, key, level)
+                            cpu0 = cpu_seconds(ours.pid)
                             paid += await paid_round(http, clients, resource_url, level)
                             await _settled(Path(tmp) / "instant402.db")  # each round starts on a quiet server
+                            cpu += cpu_seconds(ours.pid) - cpu0
                         e, s = summary(direct), summary(paid)
                         verify, server_ft = _row_timings(Path(tmp) / "instant402.db", len(paid))
                         print(
@@ -148,7 +150,8 @@ async def run(streams: int, chunk_ms: int) -> None:
                             f"{s['ft']:6.1f} ms | added: first byte {s['fb'] - e['fb']:6.1f} ms "
                             f"(p95 {s['fb95'] - e['fb95']:6.1f}), first token {s['ft'] - e['ft']:6.1f} ms "
                             f"(p95 {s['ft95'] - e['ft95']:6.1f}) | server-measured first token {server_ft:6.1f} ms, "
-                            f"of which facilitator verify {verify:6.1f} ms (medians)",
+                            f"of which facilitator verify {verify:6.1f} ms (medians) | server CPU per paid stream "
+                            f"{cpu / len(paid) * 1000:5.1f} ms (402 probe and settlement included)",
                             flush=True,
                         )
     finally:
