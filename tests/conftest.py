@@ -182,3 +182,13 @@ def devnet_facilitator(devnet):
     from instant402.devnet import build_facilitator
 
     return build_facilitator(devnet)
+
+
+@pytest.fixture(scope="session")
+def devnet_rpc(devnet):
+    """The devnet's JSON-RPC over real HTTP, for servers that check the chain themselves."""
+    from instant402.devnet import rpc_app
+    from tests.support.servers import serve_in_thread
+
+    with serve_in_thread(rpc_app(devnet)) as url:
+        yield url

@@ -60,6 +60,8 @@ def test_compiled_token_cached_and_keys_reused(tmp_path):
     first = Devnet.start(data_dir=tmp_path, buyers=2)
     cached = list((tmp_path / "devnet").glob("token-*.json"))
     assert len(cached) == 1
+    assert len(list((tmp_path / "devnet").glob("permit2-*.json"))) == 1
+    assert len(list((tmp_path / "devnet").glob("upto_proxy-*.json"))) == 1
     second = Devnet.start(data_dir=tmp_path, buyers=2)
     assert [b.address for b in second.buyers] == [b.address for b in first.buyers]
     assert second.facilitator_account.address == first.facilitator_account.address
@@ -85,8 +87,10 @@ async def test_facilitator_over_http_supported_verify_settle(devnet, devnet_faci
     with serve_in_thread(facilitator_app(devnet_facilitator)) as url:
         supported = httpx.get(f"{url}/supported").json()
         assert [(k["x402Version"], k["scheme"], k["network"]) for k in supported["kinds"]] == [
-            (2, "exact", devnet.network)
+            (2, "exact", devnet.network),
+            (2, "upto", devnet.network),
         ]
+        assert supported["extensions"] == ["eip2612GasSponsoring"]
         assert supported["signers"]["eip155:*"] == [devnet.facilitator_account.address]
 
         client = HTTPFacilitatorClient(FacilitatorConfig(url=url))

@@ -282,13 +282,15 @@ async def _requeue(rt) -> int:
         await db.dispose()
 
 
+@pytest.mark.parametrize("chain_checked", [False, True], ids=["facilitator-only", "chain-rpc"])
 async def test_job_settled_just_before_a_crash_is_delivered_not_failed(
-    open_market, catalog, buyer, database, devnet_facilitator
+    open_market, catalog, buyer, database, devnet_facilitator, devnet_rpc, chain_checked
 ):
     from x402.schemas import PaymentPayload, PaymentRequirements
 
+    extra = {"chain_rpc_url": devnet_rpc} if chain_checked else {}
     # Worker mode: no runner in the server, so the job waits while we play the crashed first run.
-    with open_market(job_mode="worker") as market:
+    with open_market(job_mode="worker", **extra) as market:
         seller = market.seller()
         res = image_resource(market, seller)
         chain = market.devnet
@@ -306,13 +308,16 @@ async def test_job_settled_just_before_a_crash_is_delivered_not_failed(
     async with database.sessions() as db:
         await db.execute(update(Job).where(Job.id == row.id).values(result=kept, state="queued", claimed_by=None))
         await db.commit()
-    with open_market() as second:
+    with open_market(**extra) as second:
         done = poll(second.url + url_path).json()
         assert done["state"] == "succeeded", done
         assert done["output"]["text"] == "kept result" and done["receipt"]["amount"] == str(PRICE)
         assert chain.balance_of(buyer.address) == before - PRICE  # charged once, and served
         usage = second.http.get("/api/v1/me/usage", headers=seller.headers).json()["items"]
         assert usage[0]["status"] == "succeeded"
+        if chain_checked:  # the record carries the transaction found on chain
+            assert usage[0]["transaction"] == settled.transaction
+            assert done["receipt"]["transaction"] == settled.transaction
 
 
 async def test_buyer_cli_follows_a_long_run_to_its_result(open_market, catalog, buyer):

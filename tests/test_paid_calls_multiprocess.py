@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
@@ -16,32 +12,10 @@ from instant402.catalog.sync import sync_catalog
 from instant402.devnet import facilitator_app
 from instant402.payments.buyer import make_buyer_client, read_payment_required
 from tests.support.market import Market
+from tests.support.processes import server_env, start_server, wait_ready
 from tests.support.servers import free_port, serve_in_thread
 
 pytestmark = [pytest.mark.postgres_only, pytest.mark.slow]
-
-
-def start_server(port: int, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "instant402.cli.main", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_ready(proc: subprocess.Popen, url: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited: {proc.stderr.read()}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise AssertionError("server did not start")
 
 
 async def test_concurrent_replays_across_two_processes(app, settings, database, emulator, devnet, devnet_facilitator):
@@ -49,25 +23,7 @@ async def test_concurrent_replays_across_two_processes(app, settings, database, 
     assert report.status == "ok"
     ports = [free_port(), free_port()]
     with serve_in_thread(facilitator_app(devnet_facilitator)) as facilitator_url:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("INSTANT402_")}
-        env.update(
-            {
-                "INSTANT402_MODE": "test",
-                "INSTANT402_DATA_DIR": str(settings.data_dir),
-                "INSTANT402_DATABASE_URL": settings.resolved_database_url,
-                "INSTANT402_DATABASE_SCHEMA": settings.database_schema or "",
-                "INSTANT402_PUBLIC_URL": f"http://127.0.0.1:{ports[0]}",
-                "INSTANT402_OPENROUTER_BASE_URL": emulator.base_url,
-                "INSTANT402_FACILITATOR_URL": facilitator_url,
-                "INSTANT402_NETWORK": devnet.network,
-                "INSTANT402_ASSET_ADDRESS": devnet.token,
-                "INSTANT402_ASSET_NAME": devnet.asset_name,
-                "INSTANT402_ASSET_VERSION": devnet.asset_version,
-                "INSTANT402_CREATOR_CONCURRENCY": "20",
-                "INSTANT402_CREATOR_QUEUE_SIZE": "20",
-                "INSTANT402_LOG_LEVEL": "WARNING",
-            }
-        )
+        env = server_env(settings, emulator, devnet, facilitator_url, public_url=f"http://127.0.0.1:{ports[0]}")
         procs = [start_server(p, env) for p in ports]
         try:
             urls = [f"http://127.0.0.1:{p}" for p in ports]
@@ -87,8 +43,10 @@ async def test_concurrent_replays_across_two_processes(app, settings, database, 
                     *(http.post(urls[i % 2] + path, json={"topic": "race"}, headers=headers) for i in range(20))
                 )
             statuses = sorted(a.status_code for a in answers)
-            assert statuses.count(200) == 1, statuses
-            assert set(statuses) <= {200, 402, 503}, statuses
+            # One sale; copies that arrive while it runs get 409, later ones its kept result again.
+            assert statuses.count(200) >= 1, statuses
+            assert set(statuses) <= {200, 402, 409, 503}, statuses
+            assert len({a.text for a in answers if a.status_code == 200}) == 1
             runs = [c for c in emulator.calls() if c.get("status") == 200]
             assert len(runs) == 1, runs
             transfers = devnet.transfers(sender=buyer.address)

@@ -73,7 +73,7 @@ async def test_detail_shows_the_contract_and_nothing_hidden(client, app, make_cr
     assert body["output"]["kind"] == "text"
     assert body["price"]["usd"] == "0.01" and body["price"]["atomic"] == "10000"
     assert body["endpoint"] == f"http://testserver/{creator.username}/summarizer"
-    assert body["stats"] == {"calls": 0, "success_rate": None}
+    assert body["stats"] == {"calls": 0, "delivered": 0, "success_rate": None}
     assert body["available"] is True
     for hidden in ("system_prompt", "prompt_template", "id", "owner_id", "pay_to", "pause_kind", "paused_reason"):
         assert hidden not in body
@@ -149,7 +149,7 @@ async def test_search_filters_sorts_and_pages(client, app, make_creator, databas
     page = (await client.get(LIST, params={"per_page": 2, "page": 2})).json()
     assert page["total"] == 3 and [x["slug"] for x in page["items"]] == ["cheap"]
     detail = (await client.get(f"{LIST}/{bob.username}/picture")).json()
-    assert detail["stats"] == {"calls": 3, "success_rate": 0.6667}
+    assert detail["stats"] == {"calls": 3, "delivered": 2, "success_rate": 0.6667}
     assert "image_output" in detail["model"]["badges"]
 
     r = await client.get(LIST, params={"sort": "random"})

@@ -55,6 +55,8 @@ async def test_no_page_leaks_the_key_or_the_hidden_prompt(app, web_app, emulator
     slug = "canary-one"
     shared = [
         "/",
+        "/?days=90",
+        "/usage.csv",
         "/settings",
         "/models",
         "/models?tab=all",

@@ -84,6 +84,13 @@ class Settings(BaseSettings):
     buyer_private_key: str | None = Field(default=None, repr=False)  # key `instant402 call` pays with
     settle_margin_seconds: int = 15  # the model must finish this long before the payment authorization expires
     max_request_bytes: int = 65_536  # largest JSON body the paid route reads
+    # A settled call's result is kept this long for the holder of the same signed payment to fetch again.
+    result_retention_hours: float = 24.0
+    # JSON-RPC of the payment network: settlements whose outcome the facilitator left unknown are checked on chain
+    # (EIP-3009 authorizationState), and a payer's balance is read when they have several payments outstanding.
+    chain_rpc_url: str | None = None
+    min_run_seconds: int = 10  # a payment must stay valid this long beyond the settle margin to be accepted
+    reconcile_seconds: float = 30.0  # how often job runners resolve pending settlements and expire kept results
 
     @property
     def resolved_database_url(self) -> str:

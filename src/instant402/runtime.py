@@ -14,6 +14,7 @@ from instant402.execution.creator_limits import LimitsCache
 from instant402.execution.limits import Limits, create_limits
 from instant402.execution.upstream import Upstream
 from instant402.keys.vault import Vault
+from instant402.payments.chain import Chain
 from instant402.payments.gateway import PaymentGateway
 
 
@@ -29,6 +30,7 @@ class Runtime:
         self.quotes: dict[tuple, tuple] = {}  # the sale's 402 quotes, per resource version
         self._gateway_started = False
         self._gateway_lock: asyncio.Lock | None = None
+        self.chain = Chain(settings.chain_rpc_url) if settings.chain_rpc_url else None
         self.creator_limits = LimitsCache(settings.creator_limits_cache_seconds)
         self.jobs: Any = None  # the embedded JobRunner (sales.worker), when this process runs jobs
 

@@ -56,28 +56,39 @@ async def create_user(
     payout_address: str | None = None,
     is_admin: bool = False,
 ) -> User:
-    """Create a creator; every rule fails as a 422 naming its field, duplicates as 409."""
+    """Create a creator; broken rules fail as one 422 naming every field at once, duplicates as 409."""
+    problems: dict[str, str] = {}
     if problem := username_problem(username):
-        raise field_error("username", problem)
+        problems["username"] = problem
     try:
         email = normalize_email(email)
     except ValueError as exc:
-        raise field_error("email", str(exc)) from None
+        problems["email"] = str(exc)
     if problem := password_problem(password):
-        raise field_error("password", problem)
+        problems["password"] = problem
     if payout_address is not None:
         try:
             payout_address = normalize_payout_address(payout_address)
         except ValueError as exc:
-            raise field_error("payout_address", str(exc)) from None
+            problems["payout_address"] = str(exc)
+    if len(problems) == 1:
+        (field, message), *_ = problems.items()
+        raise field_error(field, message)
+    if problems:
+        raise ApiError(422, "invalid_input", f"{len(problems)} fields are invalid.", {"fields": problems})
     taken = (
         await db.execute(
             select(User.username, User.email).where(or_(User.username == username, func.lower(User.email) == email))
         )
-    ).first()
+    ).all()
     if taken:
-        field = "username" if taken.username == username else "email"
-        raise field_error(field, f"This {field} is already taken.", code=f"{field}_taken", status=409)
+        fields = {}
+        if any(t.username == username for t in taken):
+            fields["username"] = "This username is already taken."
+        if any(t.email.lower() == email for t in taken):
+            fields["email"] = "This email is already taken."
+        first = next(iter(fields))
+        raise ApiError(409, f"{first}_taken", fields[first], {"fields": fields})
     user = User(
         username=username,
         email=email,

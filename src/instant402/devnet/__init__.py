@@ -2,11 +2,12 @@
 
 from instant402.devnet.apps import facilitator_app, rpc_app
 from instant402.devnet.chain import Devnet, DevnetAccount, TransferEvent
-from instant402.devnet.facilitator import LocalFacilitator, build_facilitator
+from instant402.devnet.facilitator import DevnetBuyerSigner, LocalFacilitator, build_facilitator
 
 __all__ = [
     "Devnet",
     "DevnetAccount",
+    "DevnetBuyerSigner",
     "LocalFacilitator",
     "TransferEvent",
     "build_facilitator",

@@ -1,4 +1,6 @@
-"""An x402 facilitator for the devnet, built from the SDK's own facilitator classes.
+"""An x402 facilitator for the devnet, built from the SDK's own facilitator classes: ``exact`` (EIP-3009) and
+``upto`` (Permit2 through the x402 upto proxy), with the ``eip2612GasSponsoring`` extension (a buyer without a Permit2
+allowance signs an EIP-2612 permit and the facilitator submits it with the settlement, ``settleWithPermit``).
 
 The SDK's ``FacilitatorWeb3Signer`` only takes an RPC URL; ``DevnetSigner`` builds it normally and then points it
 at the devnet's in-process Web3. Only the devnet network is registered (the SDK's ``register_exact_evm_facilitator``
@@ -15,8 +17,10 @@ import logging
 import threading
 
 from x402 import x402FacilitatorSync
+from x402.extensions.eip2612_gas_sponsoring import EIP2612_GAS_SPONSORING
 from x402.mechanisms.evm.exact import ExactEvmFacilitatorScheme, ExactEvmSchemeConfig
-from x402.mechanisms.evm.signers import FacilitatorWeb3Signer
+from x402.mechanisms.evm.signers import EthAccountSignerWithRPC, FacilitatorWeb3Signer
+from x402.mechanisms.evm.upto import UptoEvmFacilitatorScheme, UptoEvmSchemeConfig
 from x402.schemas import PaymentPayload, PaymentRequirements, SettleResponse, SupportedResponse, VerifyResponse
 
 from instant402.devnet.chain import Devnet
@@ -38,6 +42,17 @@ class DevnetSigner(FacilitatorWeb3Signer):
         )
         self._w3 = devnet.w3
         self._chain_id = devnet.chain_id
+
+
+class DevnetBuyerSigner(EthAccountSignerWithRPC):
+    """The SDK's client signer with chain reads (what the EIP-2612 gas sponsoring needs: the token's permit nonce),
+    reading the devnet's in-process Web3."""
+
+    def __init__(self, devnet: Devnet, private_key: str):
+        from eth_account import Account
+
+        super().__init__(Account.from_key(private_key), _UNUSED_RPC_URL)
+        self._w3 = devnet.w3
 
 
 class LocalFacilitator:
@@ -69,13 +84,17 @@ class LocalFacilitator:
 
 
 def build_facilitator(devnet: Devnet, *, simulate_in_settle: bool = True) -> LocalFacilitator:
-    """The SDK facilitator (exact scheme, EIP-3009) for ``devnet.network`` only.
+    """The SDK facilitator for ``devnet.network`` only: ``exact`` (EIP-3009), ``upto`` (Permit2) and the
+    ``eip2612GasSponsoring`` extension.
 
     ``simulate_in_settle`` re-simulates the transfer before sending it, so a payment that became invalid between
     verify and settle (replay, spent balance) is refused without burning gas on a reverted transaction.
     """
-    config = ExactEvmSchemeConfig(simulate_in_settle=simulate_in_settle)
-    scheme = ExactEvmFacilitatorScheme(DevnetSigner(devnet), config)
+    signer = DevnetSigner(devnet)
     facilitator = x402FacilitatorSync()
-    facilitator.register([devnet.network], scheme)
+    exact = ExactEvmFacilitatorScheme(signer, ExactEvmSchemeConfig(simulate_in_settle=simulate_in_settle))
+    facilitator.register([devnet.network], exact)
+    upto = UptoEvmFacilitatorScheme(signer, UptoEvmSchemeConfig(simulate_in_settle=simulate_in_settle))
+    facilitator.register([devnet.network], upto)
+    facilitator.register_extension(EIP2612_GAS_SPONSORING)
     return LocalFacilitator(facilitator, devnet.network)

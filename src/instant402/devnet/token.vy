@@ -1,7 +1,7 @@
 # pragma version 0.4.3
 # @title Devnet USD Coin
-# @notice A small USDC look-alike for the local devnet: ERC-20, EIP-712 and EIP-3009 (transfer/receive/cancel
-#         with authorization). Domain name/version and revert strings follow Circle's FiatTokenV2 so x402
+# @notice A small USDC look-alike for the local devnet: ERC-20, EIP-712, EIP-2612 (permit, nonces) and EIP-3009
+#         (transfer/receive/cancel with authorization). Domain name/version and revert strings follow Circle's FiatTokenV2 so x402
 #         facilitators map failures to the same reasons as on a real chain.
 
 event Transfer:
@@ -37,6 +37,9 @@ RECEIVE_WITH_AUTHORIZATION_TYPEHASH: constant(bytes32) = keccak256(
     "ReceiveWithAuthorization(address from,address to,uint256 value,uint256 validAfter,uint256 validBefore,bytes32 nonce)"
 )
 CANCEL_AUTHORIZATION_TYPEHASH: constant(bytes32) = keccak256("CancelAuthorization(address authorizer,bytes32 nonce)")
+PERMIT_TYPEHASH: constant(bytes32) = keccak256(
+    "Permit(address owner,address spender,uint256 value,uint256 nonce,uint256 deadline)"
+)
 # secp256k1n / 2: larger s values are malleable and refused, as OpenZeppelin's ECDSA does.
 HALF_ORDER: constant(uint256) = 57896044618658097711785492504343953926418782139537452191302581570759080747168
 BYTES_OVERLOAD: constant(bytes4) = method_id(
@@ -48,6 +51,7 @@ allowance: public(HashMap[address, HashMap[address, uint256]])
 totalSupply: public(uint256)
 owner: public(address)
 authorizationState: public(HashMap[address, HashMap[bytes32, bool]])
+nonces: public(HashMap[address, uint256])  # EIP-2612
 
 
 @deploy
@@ -109,11 +113,17 @@ def transfer(receiver: address, amount: uint256) -> bool:
     return True
 
 
+@internal
+def _approve(owner: address, spender: address, amount: uint256):
+    assert owner != empty(address), "ERC20: approve from the zero address"
+    assert spender != empty(address), "ERC20: approve to the zero address"
+    self.allowance[owner][spender] = amount
+    log Approval(owner=owner, spender=spender, value=amount)
+
+
 @external
 def approve(spender: address, amount: uint256) -> bool:
-    assert spender != empty(address), "ERC20: approve to the zero address"
-    self.allowance[msg.sender][spender] = amount
-    log Approval(owner=msg.sender, spender=spender, value=amount)
+    self._approve(msg.sender, spender, amount)
     return True
 
 
@@ -150,6 +160,18 @@ def _recover(digest: bytes32, v: uint8, r: bytes32, s: bytes32) -> address:
 def _check_signature(signer: address, struct_hash: bytes32, v: uint8, r: bytes32, s: bytes32):
     digest: bytes32 = keccak256(concat(b"\x19\x01", self._domain_separator(), struct_hash))
     assert self._recover(digest, v, r, s) == signer, "FiatTokenV2: invalid signature"
+
+
+@external
+def permit(owner: address, spender: address, amount: uint256, deadline: uint256, v: uint8, r: bytes32, s: bytes32):
+    # As FiatTokenV2: a deadline of max uint256 never expires; each signature spends the owner's next nonce.
+    assert deadline == max_value(uint256) or deadline >= block.timestamp, "FiatTokenV2: permit is expired"
+    nonce: uint256 = self.nonces[owner]
+    self.nonces[owner] = nonce + 1
+    struct_hash: bytes32 = keccak256(abi_encode(PERMIT_TYPEHASH, owner, spender, amount, nonce, deadline))
+    digest: bytes32 = keccak256(concat(b"\x19\x01", self._domain_separator(), struct_hash))
+    assert self._recover(digest, v, r, s) == owner, "EIP2612: invalid signature"
+    self._approve(owner, spender, amount)
 
 
 @internal

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import case, select, update
@@ -24,7 +24,7 @@ from instant402.catalog.models import CatalogModel
 from instant402.db.base import utcnow
 from instant402.errors import ApiError
 from instant402.execution import notify
-from instant402.execution.creator_limits import LimitsView
+from instant402.execution.creator_limits import LimitsView, view_of
 from instant402.execution.models import CreatorLimits
 from instant402.resources.estimate import worst_case_cost, worst_prompt_tokens
 from instant402.resources.lifecycle import pause_creator_resources, resume_creator_resources
@@ -32,6 +32,8 @@ from instant402.resources.params import MAX_TOTAL_INPUT_CHARS, compiled, render_
 from instant402.resources.templates import Placeholder
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
     from instant402.resources.models import AnyResource
     from instant402.runtime import Runtime
 
@@ -241,3 +243,70 @@ async def sweep_budget_pauses(rt: Runtime) -> int:
     for owner in owners:
         lifted += await lift_if_reset(rt, owner)
     return lifted
+
+
+# --- changing the limits (the API and the settings page) -----------------------------------------------------------
+
+MAX_USD = Decimal(1_000_000)
+LIMIT_FIELDS = ("per_call_cap_usd", "daily_budget_usd", "webhook_url")
+
+
+def _usd_field(name: str, value: str | None, errors: dict[str, str]) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        amount = Decimal(str(value).strip())
+    except (InvalidOperation, ValueError):
+        errors[name] = 'Must be a decimal amount of USD, e.g. "0.05".'
+        return None
+    if not amount.is_finite() or amount < 0 or amount > MAX_USD:
+        errors[name] = f"Must be between 0 and {MAX_USD}."
+    elif amount.as_tuple().exponent < -12:
+        errors[name] = "At most 12 decimal places."
+    return amount
+
+
+async def limits_out(db: AsyncSession, user_id: int) -> dict:
+    row = await db.get(CreatorLimits, user_id)
+    view = view_of(row)
+    today = utcnow().date()
+    used = row.budget_used_pusd if row is not None and row.budget_day == today else 0
+    return {
+        "per_call_cap_usd": usd_text(view.per_call_cap_usd),
+        "per_call_cap_default": "each resource's price" if view.per_call_cap_usd is None else None,
+        "daily_budget_usd": usd_text(from_pusd(view.daily_budget_pusd)),
+        "budget_used_today_usd": usd_text(from_pusd(used)) if view.daily_budget_pusd else None,
+        "budget_resets_at": next_reset().isoformat(),
+        "webhook_url": view.webhook_url,
+    }
+
+
+async def update_limits(rt: Runtime, db: AsyncSession, user_id: int, changes: dict[str, str | None]) -> None:
+    """Set the given limits (a key with None clears that limit); a bad value is a 422 on its field, nothing saved."""
+    errors: dict[str, str] = {}
+    cap = _usd_field("per_call_cap_usd", changes.get("per_call_cap_usd"), errors)
+    budget = _usd_field("daily_budget_usd", changes.get("daily_budget_usd"), errors)
+    hook = None
+    if "webhook_url" in changes:
+        try:
+            hook = notify.validate_webhook_field(changes["webhook_url"], rt.settings)
+        except ApiError as err:
+            errors.update(err.details["fields"])
+    if errors:
+        raise ApiError(422, "invalid_input", "Some limits are not valid.", {"fields": errors})
+    row = await db.get(CreatorLimits, user_id)
+    if row is None:
+        row = CreatorLimits(user_id=user_id, budget_used_pusd=0)
+        db.add(row)
+    if "per_call_cap_usd" in changes:
+        row.per_call_cap_usd = cap
+    if "daily_budget_usd" in changes:
+        row.daily_budget_pusd = to_pusd(budget) if budget is not None else None
+    if "webhook_url" in changes:
+        row.webhook_url = hook
+    row.updated_at = utcnow()
+    await db.commit()
+    rt.creator_limits.invalidate(user_id)
+    if "daily_budget_usd" in changes:
+        # A creator who raised or removed the budget wants the paused resources back now.
+        await lift_if_reset(rt, user_id, force=True)

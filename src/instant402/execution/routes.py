@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
-
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -11,13 +9,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from instant402.accounts.auth import current_user
 from instant402.accounts.models import User
-from instant402.db.base import utcnow
 from instant402.deps import get_db
-from instant402.errors import ApiError, not_found
+from instant402.errors import not_found
 from instant402.execution import budgets, jobs, notify
-from instant402.execution.creator_limits import view_of
 from instant402.execution.media import EXTENSIONS, LocalMediaStore, MediaStore, local_media_store, parse_media_name
-from instant402.execution.models import CreatorLimits, Notification
+from instant402.execution.models import Notification
 
 router = APIRouter(tags=["execution"])
 
@@ -60,8 +56,6 @@ async def get_job(token: str, request: Request):
 
 # --- the creator's cost limits and notices ------------------------------------------------------------------------
 
-MAX_USD = Decimal(1_000_000)
-
 
 class LimitsPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -77,75 +71,18 @@ class ReadBody(BaseModel):
     ids: list[int] | None = Field(None, max_length=500, description="Notices to mark read; null: all of them")
 
 
-def _usd_field(name: str, value: str | None, errors: dict[str, str]) -> Decimal | None:
-    if value is None:
-        return None
-    try:
-        amount = Decimal(str(value).strip())
-    except (InvalidOperation, ValueError):
-        errors[name] = 'Must be a decimal amount of USD, e.g. "0.05".'
-        return None
-    if not amount.is_finite() or amount < 0 or amount > MAX_USD:
-        errors[name] = f"Must be between 0 and {MAX_USD}."
-    elif amount.as_tuple().exponent < -12:
-        errors[name] = "At most 12 decimal places."
-    return amount
-
-
-async def _limits_out(rt, db: AsyncSession, user_id: int) -> dict:
-    row = await db.get(CreatorLimits, user_id)
-    view = view_of(row)
-    today = utcnow().date()
-    used = row.budget_used_pusd if row is not None and row.budget_day == today else 0
-    return {
-        "per_call_cap_usd": budgets.usd_text(view.per_call_cap_usd),
-        "per_call_cap_default": "each resource's price" if view.per_call_cap_usd is None else None,
-        "daily_budget_usd": budgets.usd_text(budgets.from_pusd(view.daily_budget_pusd)),
-        "budget_used_today_usd": budgets.usd_text(budgets.from_pusd(used)) if view.daily_budget_pusd else None,
-        "budget_resets_at": budgets.next_reset().isoformat(),
-        "webhook_url": view.webhook_url,
-    }
-
-
 @router.get("/api/v1/me/limits", tags=["limits"], summary="Your per-call cost cap, daily budget and webhook")
 async def get_limits(request: Request, user: User = Depends(current_user), db: AsyncSession = Depends(get_db)):
-    return await _limits_out(request.app.state.runtime, db, user.id)
+    return await budgets.limits_out(db, user.id)
 
 
 @router.patch("/api/v1/me/limits", tags=["limits"], summary="Change your per-call cap, daily budget or webhook")
 async def patch_limits(
     body: LimitsPatch, request: Request, user: User = Depends(current_user), db: AsyncSession = Depends(get_db)
 ):
-    rt = request.app.state.runtime
-    errors: dict[str, str] = {}
-    cap = _usd_field("per_call_cap_usd", body.per_call_cap_usd, errors)
-    budget = _usd_field("daily_budget_usd", body.daily_budget_usd, errors)
-    hook = None
-    if "webhook_url" in body.model_fields_set:
-        try:
-            hook = notify.validate_webhook_field(body.webhook_url, rt.settings)
-        except ApiError as err:
-            errors.update(err.details["fields"])
-    if errors:
-        raise ApiError(422, "invalid_input", "Some limits are not valid.", {"fields": errors})
-    row = await db.get(CreatorLimits, user.id)
-    if row is None:
-        row = CreatorLimits(user_id=user.id, budget_used_pusd=0)
-        db.add(row)
-    fields = body.model_fields_set
-    if "per_call_cap_usd" in fields:
-        row.per_call_cap_usd = cap
-    if "daily_budget_usd" in fields:
-        row.daily_budget_pusd = budgets.to_pusd(budget) if budget is not None else None
-    if "webhook_url" in fields:
-        row.webhook_url = hook
-    row.updated_at = utcnow()
-    await db.commit()
-    rt.creator_limits.invalidate(user.id)
-    if "daily_budget_usd" in fields:
-        # A creator who raised or removed the budget wants the paused resources back now.
-        await budgets.lift_if_reset(rt, user.id, force=True)
-    return await _limits_out(rt, db, user.id)
+    changes = {name: getattr(body, name) for name in body.model_fields_set}
+    await budgets.update_limits(request.app.state.runtime, db, user.id, changes)
+    return await budgets.limits_out(db, user.id)
 
 
 def _notice_out(row: Notification) -> dict:

@@ -6,7 +6,9 @@ No tokenizer can be downloaded offline, so prompt tokens come from a conservativ
 - a buyer's input in the worst case: one token per character (typical tokenizers never do worse on ordinary text).
 
 Typical case: the sample values (or defaults; a string without either counts as 400 characters) and half of
-max_tokens. Worst case: every parameter at its longest, all of max_tokens, the per-request price and, for image
+max_tokens. Floor (the least a call can cost, for a metered resource's maximum): the templates' fixed text alone at a
+token per four bytes rounded down, no parameter text, one output token, the per-request (and per-image) price.
+Worst case: every parameter at its longest, all of max_tokens, the per-request price and, for image
 output, the per-image price (output tokens then count at the dearer of the completion and image-output rates).
 Unknown prices count as zero and say so in ``warnings``.
 """
@@ -68,6 +70,12 @@ def worst_prompt_tokens(comp: CompiledResource) -> int:
     return fixed + inserted + _message_count(comp) * MESSAGE_OVERHEAD_TOKENS + REPLY_PRIMING_TOKENS
 
 
+def floor_prompt_tokens(comp: CompiledResource) -> int:
+    """The fewest prompt tokens a call can send: the fixed text only, counted generously (four bytes a token)."""
+    fixed = sum(len(t.literal_text.encode("utf-8")) // 4 for t in (comp.system, comp.user))
+    return fixed + _message_count(comp) * MESSAGE_OVERHEAD_TOKENS + REPLY_PRIMING_TOKENS
+
+
 def typical_values(comp: CompiledResource) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for p in comp.params:
@@ -94,6 +102,7 @@ class CostEstimate:
     worst_case_cost: Decimal
     price: Decimal
     warnings: list[str] = field(default_factory=list)
+    metered: dict[str, Any] | None = None  # a metered resource's charge range (atomic USDC), see estimate_cost
 
     @property
     def margin_typical(self) -> Decimal:
@@ -104,8 +113,9 @@ class CostEstimate:
         return self.price - self.worst_case_cost
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-friendly: every amount is an exact decimal string in USD."""
-        return {
+        """JSON-friendly: every amount is an exact decimal string in USD (the metered range: atomic integers)."""
+        extra = {"metered": self.metered} if self.metered is not None else {}
+        return extra | {
             "currency": "USD",
             "prompt_tokens": {"typical": self.prompt_tokens_typical, "worst_case": self.prompt_tokens_worst},
             "completion_tokens": {
@@ -137,6 +147,11 @@ def _cost(model: Any, output_kind: str, prompt: int, completion: int) -> Decimal
     return cost
 
 
+def floor_cost(comp: CompiledResource, model: Any, output_kind: str) -> Decimal:
+    """The least one call can cost upstream (USD): see the module's note."""
+    return _cost(model, output_kind, floor_prompt_tokens(comp), 1)
+
+
 def worst_case_cost(resource: Any, model: Any) -> Decimal:
     """The most one call of ``resource`` on ``model`` should cost upstream (USD), e.g. for per-call caps."""
     comp = compiled(resource)
@@ -162,9 +177,38 @@ def estimate_cost(resource: Any, model: Any, values: dict[str, Any] | None = Non
         est.warnings.append(f"The prices of {model.id} are unknown; they count as zero in this estimate.")
     if resource.output_kind == "image" and model.image_price is None:
         est.warnings.append(f"The per-image price of {model.id} is unknown; it counts as zero in this estimate.")
-    if est.worst_case_cost > est.price:
+    if getattr(resource, "pricing_mode", "flat") == "metered" and resource.markup is not None:
+        _metered_range(est, resource, model, comp)
+    elif est.worst_case_cost > est.price:
         est.warnings.append(
             f"A worst-case call may cost ${format(est.worst_case_cost, 'f')} upstream, more than the price "
             f"${format(est.price, 'f')}: raise the price, lower max_tokens or shorten the parameters' max_length."
         )
     return est
+
+
+def _metered_range(est: CostEstimate, resource: Any, model: Any, comp: CompiledResource) -> None:
+    """What a metered call would settle at the floor, typically and at worst, on the main model."""
+    from instant402.resources.pricing import metered_charge  # pricing builds on this module
+
+    def charge(cost: Decimal) -> int:
+        return metered_charge(cost, resource.markup, resource.fee_atomic or 0, resource.max_price_atomic).settled_atomic
+
+    worst = metered_charge(est.worst_case_cost, resource.markup, resource.fee_atomic or 0, resource.max_price_atomic)
+    est.metered = {
+        "max_atomic": resource.max_price_atomic,
+        "floor_atomic": charge(floor_cost(comp, model, resource.output_kind)),
+        "typical_atomic": charge(est.typical_cost),
+        "worst_case_atomic": worst.settled_atomic,
+    }
+    if est.worst_case_cost > est.price:
+        est.warnings.append(
+            f"A worst-case call may cost ${format(est.worst_case_cost, 'f')} upstream, more than the maximum per call "
+            f"${format(est.price, 'f')}: raise the maximum, lower max_tokens or shorten the parameters' max_length."
+        )
+    elif worst.capped:
+        est.warnings.append(
+            f"A worst-case call may cost ${format(est.worst_case_cost, 'f')} upstream, "
+            f"${usd_string(worst.uncapped_atomic)} with your markup and fee: such calls settle the maximum of "
+            f"${usd_string(resource.max_price_atomic)} and earn less."
+        )

@@ -1,9 +1,10 @@
-"""Tables of the resources domain (migration: db/migrations/versions/0004_resources.py)."""
+"""Tables of the resources domain (migrations: db/migrations/versions/0004_resources.py, 0007_metered.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, make_dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String, Text, UniqueConstraint
@@ -11,7 +12,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from instant402.accounts.models import User
 from instant402.catalog.models import CatalogModel
-from instant402.db.base import Base, UTCDateTime, utcnow
+from instant402.db.base import Base, ExactDecimal, UTCDateTime, utcnow
 
 STATUSES = ("draft", "published", "paused", "archived")
 OUTPUT_KINDS = ("text", "json", "image")
@@ -44,7 +45,13 @@ class Resource(Base):
     output_kind: Mapped[str] = mapped_column(String(8), default="text")
     output_schema: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
-    price_atomic: Mapped[int] = mapped_column(BigInteger)  # USDC atomic units (6 decimals)
+    price_atomic: Mapped[int] = mapped_column(BigInteger)  # USDC atomic units (6 decimals); metered: the maximum
+    # Pricing (resources.pricing): "flat" charges price_atomic; "metered" charges the upstream cost × markup + fee,
+    # at most max_price_atomic (= price_atomic). The three metered fields are null on a flat resource.
+    pricing_mode: Mapped[str] = mapped_column(String(8), default="flat", server_default="flat")
+    markup: Mapped[Decimal | None] = mapped_column(ExactDecimal)
+    fee_atomic: Mapped[int | None] = mapped_column(BigInteger)
+    max_price_atomic: Mapped[int | None] = mapped_column(BigInteger)
     network: Mapped[str] = mapped_column(String(64))  # CAIP-2, e.g. "eip155:8453"
     pay_to: Mapped[str | None] = mapped_column(String(42))  # None: the owner's payout address at call time
 

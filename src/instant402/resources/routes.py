@@ -90,7 +90,7 @@ async def my_resource(
     resource = await service.get_own(db, user, resource_id)
     stats = (await service.stats_for(db, [resource.id])).get(resource.id, service.Stats())
     view = creator_view(resource, settings.public_url)
-    view["stats"] = {"calls": stats.calls, "success_rate": stats.success_rate}
+    view["stats"] = stats.as_dict()
     view["estimate"] = service.estimate_cost(resource, resource.model).as_dict()
     return view
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import String, bindparam, case, cast, func, or_, select
+from sqlalchemy import String, and_, bindparam, case, cast, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import contains_eager
@@ -20,6 +20,7 @@ from instant402.resources import lifecycle
 from instant402.resources.estimate import CostEstimate, estimate_cost
 from instant402.resources.models import CallOwner, Resource, ResourceRow
 from instant402.resources.params import build_messages, validate_input
+from instant402.resources.pricing import METERED, METERED_FIELDS
 from instant402.resources.schemas import input_schema
 from instant402.resources.validation import (
     DEFINITION_FIELDS,
@@ -36,8 +37,12 @@ from instant402.resources.validation import (
 from instant402.usage.models import UsageKind, UsageRecord, UsageStatus
 
 PUBLIC_STATUSES = ("published", "paused")
-# Paid attempts that ran to an outcome: what "calls" and the success rate count.
+# Paid attempts that ran to an outcome: what "most called" counts.
 COUNTED_STATUSES = (UsageStatus.succeeded, UsageStatus.failed, UsageStatus.settle_failed)
+# The public success rate: the share of paid attempts that delivered. Buyer mistakes stay out of it: a refused
+# input (category buyer_input) and a payment that did not settle (a replayed or unfunded authorization).
+# Failures of the model, the creator's key or credit, and of instant402 itself count against it.
+BUYER_FAULT_CATEGORY = "buyer_input"
 Sort = Literal["newest", "price", "price_desc", "most_called"]
 
 
@@ -72,6 +77,12 @@ def apply_patch(d: Definition, patch: ResourcePatch) -> Definition:
     for name in patch.model_fields_set:
         value = getattr(patch, name)
         setattr(d, name, list(value) if name == "parameters" else value)
+    if d.pricing_mode == METERED and "price_atomic" not in patch.model_fields_set:
+        d.price_atomic = None  # a metered price is its maximum: derived again at the check
+    if d.pricing_mode != METERED and "pricing_mode" in patch.model_fields_set:
+        for name in METERED_FIELDS:  # turning flat drops the metered terms unless the patch sets them
+            if name not in patch.model_fields_set:
+                setattr(d, name, None)
     return d
 
 
@@ -316,29 +327,36 @@ async def has_history(db: AsyncSession, resource_id: int) -> bool:
 
 @dataclass(frozen=True)
 class Stats:
-    calls: int = 0
-    succeeded: int = 0
+    calls: int = 0  # paid attempts the success rate counts
+    succeeded: int = 0  # of which delivered (and settled)
 
     @property
     def success_rate(self) -> float | None:
         return round(self.succeeded / self.calls, 4) if self.calls else None
 
+    def as_dict(self) -> dict:
+        return {"calls": self.calls, "delivered": self.succeeded, "success_rate": self.success_rate}
+
 
 async def stats_for(db: AsyncSession, resource_ids: list[int]) -> dict[int, Stats]:
-    """Paid calls that ran to an outcome, and how many succeeded, per resource.
+    """Per resource: paid attempts that count for the success rate, and how many delivered.
 
-    Owner test calls, refused attempts (bad payment, over capacity) and calls still running do not count.
+    Owner test calls, refused attempts (bad payment, over capacity), calls still running, refused buyer input and
+    payments that did not settle do not count.
     """
     if not resource_ids:
         return {}
     succeeded = func.sum(case((UsageRecord.status == UsageStatus.succeeded, 1), else_=0))
+    counted = or_(
+        UsageRecord.status == UsageStatus.succeeded,
+        and_(
+            UsageRecord.status == UsageStatus.failed,
+            func.coalesce(UsageRecord.error_category, "") != BUYER_FAULT_CATEGORY,
+        ),
+    )
     query = (
         select(UsageRecord.resource_id, func.count(), succeeded)
-        .where(
-            UsageRecord.resource_id.in_(resource_ids),
-            UsageRecord.kind == UsageKind.paid,
-            UsageRecord.status.in_(COUNTED_STATUSES),
-        )
+        .where(UsageRecord.resource_id.in_(resource_ids), UsageRecord.kind == UsageKind.paid, counted)
         .group_by(UsageRecord.resource_id)
     )
     return {rid: Stats(int(calls), int(ok or 0)) for rid, calls, ok in await db.execute(query)}

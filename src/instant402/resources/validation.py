@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Literal
 
 from jsonschema import Draft202012Validator
@@ -19,8 +20,16 @@ from sqlalchemy import select
 from instant402.accounts.validation import normalize_payout_address
 from instant402.catalog.models import CatalogModel
 from instant402.errors import ApiError
-from instant402.resources.estimate import worst_prompt_tokens
+from instant402.resources.estimate import floor_cost, usd_string, worst_prompt_tokens
 from instant402.resources.params import MAX_ENUM_VALUE_LENGTH, CompiledResource, ParamSpec, value_problem
+from instant402.resources.pricing import (
+    MARKUP_PLACES,
+    MAX_MARKUP,
+    METERED,
+    METERED_FIELDS,
+    MIN_MARKUP,
+    metered_charge,
+)
 from instant402.resources.templates import TemplateError, compile_template
 
 PRICE_FLOOR_ATOMIC = 1_000  # $0.001 in USDC atomic units
@@ -32,6 +41,7 @@ TAG = re.compile(r"^[a-z0-9][a-z0-9 .+#-]{0,31}$")
 CAIP2 = re.compile(r"^[-a-z0-9]{3,8}:[-_a-zA-Z0-9]{1,32}$")
 
 OutputKind = Literal["text", "json", "image"]
+PricingMode = Literal["flat", "metered"]
 
 
 class _Strict(BaseModel):
@@ -55,9 +65,19 @@ class ResourceIn(_Strict):
     max_tokens: int = Field(default=1024, ge=1, le=1_000_000, strict=True)
     output_kind: OutputKind = "text"
     output_schema: dict[str, Any] | None = None
-    price_atomic: int = Field(strict=True, description="USDC atomic units (6 decimals); at least 1000 = $0.001.")
+    price_atomic: int | None = Field(
+        default=None,
+        strict=True,
+        description="Flat: USDC atomic units (6 decimals), at least 1000 = $0.001. Metered: leave out (the maximum).",
+    )
     network: str | None = Field(default=None, max_length=64, description="CAIP-2; defaults to the server's.")
     pay_to: str | None = Field(default=None, max_length=64, description="Defaults to your payout address.")
+    pricing_mode: PricingMode = Field(
+        default="flat", description="flat: price_atomic per call; metered: upstream cost × markup + fee, capped."
+    )
+    markup: Decimal | None = Field(default=None, description="Metered: factor on the upstream cost, 1 to 100.")
+    fee_atomic: int | None = Field(default=None, strict=True, description="Metered: fixed fee per call (atomic).")
+    max_price_atomic: int | None = Field(default=None, strict=True, description="Metered: maximum per call (atomic).")
 
 
 class ResourcePatch(_Strict):
@@ -80,6 +100,10 @@ class ResourcePatch(_Strict):
     price_atomic: int | None = Field(default=None, strict=True)
     network: str | None = Field(default=None, max_length=64)
     pay_to: str | None = Field(default=None, max_length=64)
+    pricing_mode: PricingMode | None = None
+    markup: Decimal | None = None
+    fee_atomic: int | None = Field(default=None, strict=True)
+    max_price_atomic: int | None = Field(default=None, strict=True)
 
 
 # Fields that may not be cleared with null in an update (the others mean "unset" when null).
@@ -98,6 +122,7 @@ NOT_NULL_FIELDS = frozenset(
         "output_kind",
         "price_atomic",
         "network",
+        "pricing_mode",
     }
 )
 DEFINITION_FIELDS = tuple(ResourceIn.model_fields)
@@ -121,9 +146,13 @@ class Definition:
     max_tokens: int
     output_kind: str
     output_schema: dict[str, Any] | None
-    price_atomic: int
+    price_atomic: int | None  # None on a metered definition until checked (then: the maximum)
     network: str
     pay_to: str | None
+    pricing_mode: str = "flat"
+    markup: Decimal | None = None
+    fee_atomic: int | None = None
+    max_price_atomic: int | None = None
     id: None = None  # never cached: an unsaved definition is compiled afresh
     version: None = None
 
@@ -282,10 +311,7 @@ def _normalize_simple(d: Definition, errors: dict[str, str]) -> None:
     d.name = d.name.strip()
     if not d.name:
         errors["name"] = "The name cannot be blank."
-    if d.price_atomic < PRICE_FLOOR_ATOMIC:
-        errors["price_atomic"] = f"The price must be at least {PRICE_FLOOR_ATOMIC} atomic units ($0.001)."
-    elif d.price_atomic > PRICE_CEILING_ATOMIC:
-        errors["price_atomic"] = "The price must be at most 10000000000 atomic units ($10,000)."
+    _check_pricing(d, errors)
     if not CAIP2.match(d.network):
         errors["network"] = "Use a CAIP-2 network id such as eip155:8453."
     if d.pay_to is not None:
@@ -293,6 +319,64 @@ def _normalize_simple(d: Definition, errors: dict[str, str]) -> None:
             d.pay_to = normalize_payout_address(d.pay_to)
         except ValueError as exc:
             errors["pay_to"] = str(exc)
+
+
+def _price_problem(atomic: int, what: str) -> str | None:
+    if atomic < PRICE_FLOOR_ATOMIC:
+        return f"The {what} must be at least {PRICE_FLOOR_ATOMIC} atomic units ($0.001)."
+    if atomic > PRICE_CEILING_ATOMIC:
+        return f"The {what} must be at most {PRICE_CEILING_ATOMIC} atomic units ($10,000)."
+    return None
+
+
+def _check_pricing(d: Definition, errors: dict[str, str]) -> None:
+    """A flat resource has a price and no metered fields; a metered one a markup, a fee and a maximum (its price)."""
+    if d.pricing_mode != METERED:
+        for name in METERED_FIELDS:
+            if getattr(d, name) is not None:
+                errors[name] = f"Only a metered resource takes {name} (set pricing_mode to metered)."
+        if d.price_atomic is None:
+            errors["price_atomic"] = "A flat resource needs a price per call (price_atomic)."
+        elif problem := _price_problem(d.price_atomic, "price"):
+            errors["price_atomic"] = problem
+        return
+    markup = d.markup
+    if markup is None:
+        errors["markup"] = "A metered resource needs a markup on the upstream cost (1 = at cost, 1.5 = cost + 50%)."
+    elif not markup.is_finite() or markup < MIN_MARKUP:
+        errors["markup"] = "The markup must be at least 1 (1 = at cost): below it every call loses money."
+    elif markup > MAX_MARKUP:
+        errors["markup"] = f"The markup must be at most {MAX_MARKUP} (100 times the upstream cost)."
+    elif markup.normalize().as_tuple().exponent < -MARKUP_PLACES:  # PostgreSQL pads to 24 places
+        errors["markup"] = f"Give the markup with at most {MARKUP_PLACES} decimal places."
+    d.fee_atomic = 0 if d.fee_atomic is None else d.fee_atomic
+    if d.fee_atomic < 0:
+        errors["fee_atomic"] = "The fee per call cannot be negative (0 for none)."
+    if d.max_price_atomic is None:
+        errors["max_price_atomic"] = "A metered resource needs a maximum per call (max_price_atomic)."
+        return
+    if problem := _price_problem(d.max_price_atomic, "maximum per call"):
+        errors["max_price_atomic"] = problem
+    elif d.fee_atomic > d.max_price_atomic:
+        errors["fee_atomic"] = "The fee per call cannot be above the maximum per call (max_price_atomic)."
+    if d.price_atomic is not None and d.price_atomic != d.max_price_atomic:
+        errors["price_atomic"] = (
+            "A metered resource's price is its maximum per call: leave price_atomic out (or equal to max_price_atomic)."
+        )
+    d.price_atomic = d.max_price_atomic
+
+
+def _check_cost_floor(d: Definition, comp: CompiledResource, models: list[CatalogModel], errors: dict[str, str]):
+    """The maximum must cover the cheapest possible call (with markup and fee) on the cheapest of its models."""
+    if d.pricing_mode != METERED or not models or errors.keys() & {"markup", "fee_atomic", "max_price_atomic"}:
+        return
+    cost = min(floor_cost(comp, m, d.output_kind) for m in models)
+    least = metered_charge(cost, d.markup, d.fee_atomic, d.max_price_atomic).uncapped_atomic
+    if d.max_price_atomic < least:
+        errors["max_price_atomic"] = (
+            f"The maximum must be at least {least} atomic units (${usd_string(least)}): the cheapest possible call "
+            f"costs about ${format(cost, 'f')} upstream, times the markup plus the fee."
+        )
 
 
 async def check_definition(db, d: Definition) -> Checked:
@@ -330,6 +414,9 @@ async def check_definition(db, d: Definition) -> Checked:
             problem = _limits_problem(fb, d.max_tokens, worst)
         if problem:
             errors[at] = problem
+    if worst is not None:
+        usable = [m for m in (main, *(models.get(f) for f in d.fallback_model_ids)) if m is not None and m.is_active]
+        _check_cost_floor(d, comp, usable, errors)
     if main is not None and main.expiration_date is not None:
         warnings.append(Notice("model_id", f"{main.id} is scheduled to be retired on {main.expiration_date}."))
     raise_fields(errors)

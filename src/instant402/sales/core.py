@@ -19,6 +19,8 @@ their wire format into these and back; none of them touches a payment or a usage
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -26,8 +28,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
+from x402.extensions.payment_identifier import (
+    PAYMENT_IDENTIFIER,
+    declare_payment_identifier_extension,
+    extract_payment_identifier,
+)
 from x402.schemas import PaymentPayload, PaymentRequirements
 
 from instant402.db.base import utcnow
@@ -40,13 +47,14 @@ from instant402.execution.models import Job
 from instant402.execution.runner import RunOutcome, run_resource
 from instant402.keys.service import KeyUnavailable, open_key_for_upstream
 from instant402.payments.gateway import PaymentGateway, SettleOutcome
-from instant402.payments.models import PaymentClaim
+from instant402.payments.models import KeptResult, PaymentClaim
 from instant402.resources.models import AnyResource
 from instant402.resources.params import validate_input
 from instant402.resources.schemas import endpoint_url, input_schema, output_description
 from instant402.resources.service import get_for_call
 from instant402.runtime import Runtime
-from instant402.usage.models import UsageKind, UsageStatus, add_usage, update_usage
+from instant402.sales import settlement
+from instant402.usage.models import UsageKind, UsageRecord, UsageStatus, add_usage, update_usage
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +121,7 @@ class Delivered:
     body: dict[str, Any]
     payment_response: str
     settle: SettleOutcome | None = None
+    redelivered: bool = False  # the kept result of an earlier sale for the same payment: no new charge
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +190,11 @@ def quote(rt: Runtime, gateway: PaymentGateway, resource: AnyResource) -> Quote:
         url = endpoint_url(rt.settings.public_url, resource.owner.username, resource.slug)
         requirements = gateway.requirements(resource.price_atomic, pay_to, timeout)
         output = output_description(resource)
-        extensions = gateway.bazaar_extension(input_schema(resource), {"schema": output.get("schema") or output})
+        extensions = {
+            **gateway.bazaar_extension(input_schema(resource), {"schema": output.get("schema") or output}),
+            # Clients may name each purchase: retrying with the same identifier never buys the call twice.
+            PAYMENT_IDENTIFIER: declare_payment_identifier_extension(required=False),
+        }
         first = _answer(gateway, resource, url, requirements, extensions, None)
         if len(rt.quotes) >= _QUOTES_LIMIT:
             rt.quotes.clear()
@@ -245,15 +258,16 @@ class Sale:
 async def complete(rt: Runtime, prepared: Prepared, payload: PaymentPayload) -> Outcome:
     """Sell the prepared call for ``payload``: admit → verify → claim → run → settle → record. Raises ApiError for
     refusals that are not about the payment (over capacity, budget, a failed run: never charged)."""
+    await validate_payment_input(rt, prepared)
     async with admitted(rt, prepared, payload) as sale:
-        refused = await verify(rt, sale)
-        if refused is not None:
-            return refused
+        answered = await verify(rt, sale)
+        if answered is not None:
+            return answered
         if jobs.is_long_run(sale.resource, rt.settings.long_run_seconds):
             return await claim_long_run(rt, sale)
-        refused = await claim(rt, sale)
-        if refused is not None:
-            return refused
+        answered = await claim(rt, sale)
+        if answered is not None:
+            return answered
         outcome = await run(rt, sale)
         result = success_body(outcome, None)
         return await settle_and_record(
@@ -266,9 +280,6 @@ async def admitted(rt: Runtime, prepared: Prepared, payload: PaymentPayload) -> 
     """Admission, before the payment is verified: the payer's rate, an upstream slot of the creator's and the worst
     case held from today's budget (released or replaced by the actual cost on the way out). A refusal here touches
     no payment."""
-    if prepared.values is None:  # a payment with no input: validate the empty input now
-        prepared.values = validate_input(prepared.resource, {})
-        prepared.limits, prepared.worst = await budgets.check_call_cost(rt, prepared.resource, prepared.values)
     payer = str(payload.payload.get("authorization", {}).get("from", ""))
     try:
         await rt.limits.check_payer(payer)
@@ -282,7 +293,34 @@ async def admitted(rt: Runtime, prepared: Prepared, payload: PaymentPayload) -> 
                 if hold is not None and not hold.transferred:
                     await budgets.replace_hold(rt, prepared.resource.owner_id, hold.day, hold.pusd, hold.actual_usd)
     except (OverCapacity, RateLimited) as exc:
-        raise exc.to_api_error() from None
+        err = exc.to_api_error()
+        await _refused(rt, prepared, payer or None, err.code, category="capacity")
+        raise err from None
+
+
+async def validate_payment_input(rt: Runtime, prepared: Prepared) -> None:
+    """A payment came with no input (a bodyless call): the empty input must be valid, like any other."""
+    if prepared.values is None:
+        prepared.values = validate_input(prepared.resource, {})
+        prepared.limits, prepared.worst = await budgets.check_call_cost(rt, prepared.resource, prepared.values)
+
+
+async def _refused(rt: Runtime, prepared: Prepared, payer: str | None, code: str | None, **fields) -> None:
+    """Every paid attempt has a usage row, also one refused before it could run."""
+    await record(
+        rt,
+        resource_id=prepared.resource.id,
+        owner_id=prepared.resource.owner_id,
+        kind=UsageKind.paid,
+        status=UsageStatus.refused,
+        payer=payer,
+        amount_atomic=0,
+        network=prepared.quote.requirements.network,
+        error_category=fields.pop("category", "payment"),
+        error_code=code,
+        finished_at=utcnow(),
+        **fields,
+    )
 
 
 async def _hold_budget(rt: Runtime, prepared: Prepared) -> Hold | None:
@@ -296,39 +334,71 @@ async def _hold_budget(rt: Runtime, prepared: Prepared) -> Hold | None:
     return Hold(day, pusd)
 
 
-async def verify(rt: Runtime, sale: Sale) -> PaymentRefused | None:
-    """Verify through the facilitator; a refusal is recorded and returned."""
+async def verify(rt: Runtime, sale: Sale) -> Outcome | None:
+    """Check the payment's own terms, then verify it through the facilitator. A refused payment may be one that
+    already bought this call: then its kept result is the answer (``answer_again``). Otherwise the refusal is
+    recorded and returned."""
     q = sale.prepared.quote
-    started = time.perf_counter()
-    verified = await sale.prepared.gateway.verify(sale.payload, q.requirements, q.url)
-    sale.verify_ms = int((time.perf_counter() - started) * 1000)
-    if not verified.ok:
-        await record(
-            rt,
-            resource_id=sale.resource.id,
-            owner_id=sale.resource.owner_id,
-            kind=UsageKind.paid,
-            status=UsageStatus.refused,
-            payer=verified.payer if isinstance(verified.payer, str) else None,
-            amount_atomic=0,
-            network=q.requirements.network,
-            error_category="payment",
-            error_code=verified.reason,
-            verify_ms=sale.verify_ms,
-            finished_at=utcnow(),
-        )
-        return PaymentRefused(str(verified.reason), "The payment was not accepted: " + str(verified.reason))
+    refusal = check_terms(rt, sale)
+    verified = None
+    if refusal is None:
+        started = time.perf_counter()
+        verified = await sale.prepared.gateway.verify(sale.payload, q.requirements, q.url)
+        sale.verify_ms = int((time.perf_counter() - started) * 1000)
+        if not verified.ok:
+            refusal = PaymentRefused(str(verified.reason), "The payment was not accepted: " + str(verified.reason))
+    if refusal is not None:
+        earlier = await answer_again(rt, sale, by_identifier=False)
+        if not isinstance(earlier, PaymentRefused | None):
+            return earlier
+        refusal = earlier or refusal
+        payer = verified.payer if verified is not None and isinstance(verified.payer, str) else None
+        await _refused(rt, sale.prepared, payer, refusal.reason, verify_ms=sale.verify_ms)
+        return refusal
     sale.payer, sale.nonce, sale.valid_before = verified.payer, verified.nonce, verified.valid_before
     return None
 
 
-async def claim(rt: Runtime, sale: Sale) -> PaymentRefused | None:
-    """One run per payment, enforced by a unique key in the database (also across processes)."""
+def check_terms(rt: Runtime, sale: Sale) -> PaymentRefused | None:
+    """What the facilitator does not check for us: the payment names this resource, and its authorization is valid
+    long enough to run and settle, but not absurdly long."""
+    resource_info = sale.payload.resource
+    if resource_info is None or resource_info.url != sale.prepared.quote.url:
+        # The resource field is not signed, so this is advisory; but a payment made out for another resource (or
+        # for none) is not spent on this one.
+        return PaymentRefused("resource_mismatch", "The payment must name this resource's URL as its resource.")
+    try:
+        valid_before = int((sale.payload.payload.get("authorization") or {}).get("validBefore"))
+    except (TypeError, ValueError):
+        return PaymentRefused("invalid_payload", "The authorization has no valid validBefore.")
+    now = time.time()
+    if valid_before > now + sale.prepared.quote.requirements.max_timeout_seconds + 60:
+        return PaymentRefused("valid_before_too_far", "The authorization's validBefore is beyond maxTimeoutSeconds.")
+    if valid_before < now + rt.settings.settle_margin_seconds + rt.settings.min_run_seconds:
+        return PaymentRefused(
+            "payment_expires_too_soon",
+            "The authorization expires before the call could run and settle; sign a fresh payment.",
+        )
+    return None
+
+
+async def claim(rt: Runtime, sale: Sale) -> Outcome | None:
+    """One run per payment, enforced by a unique key in the database (also across processes); a payment that
+    already bought this call gets its kept result instead. Then the payer's outstanding payments must be covered."""
     claimed = await _claim(rt, sale, None)
     if claimed is None:
-        return PaymentRefused("payment_already_used", "This payment was already used.")
+        return await _claimed_before(rt, sale)
     sale.usage_id, sale.key = claimed
-    return None
+    return await _check_exposure(rt, sale)
+
+
+async def _claimed_before(rt: Runtime, sale: Sale) -> Outcome:
+    earlier = await answer_again(rt, sale, by_identifier=True)
+    if not isinstance(earlier, PaymentRefused | None):
+        return earlier
+    refusal = earlier or PaymentRefused("payment_already_used", "This payment was already used.")
+    await _refused(rt, sale.prepared, sale.payer, refusal.reason, verify_ms=sale.verify_ms)
+    return refusal
 
 
 async def claim_long_run(rt: Runtime, sale: Sale) -> PaymentRefused | Queued:
@@ -346,8 +416,11 @@ async def claim_long_run(rt: Runtime, sale: Sale) -> PaymentRefused | Queued:
     )
     claimed = await _claim(rt, sale, job)
     if claimed is None:
-        return PaymentRefused("payment_already_used", "This payment was already used.")
+        return await _claimed_before(rt, sale)
     sale.usage_id = claimed[0]
+    exposed = await _check_exposure(rt, sale)
+    if exposed is not None:
+        return exposed
     if sale.hold is not None:
         sale.hold.transferred = True
     rt.wake_jobs()
@@ -370,6 +443,154 @@ async def ran(rt: Runtime, sale: Sale, outcome: RunOutcome) -> RunOutcome:
         await finish_usage(rt, sale.usage_id, outcome)
         raise outcome.failure.to_api_error()
     return outcome
+
+
+# --- a payment seen before ---------------------------------------------------------------------------------------
+
+_claims = PaymentClaim.__table__
+_usage = UsageRecord.__table__
+_kept = KeptResult.__table__
+_EARLIER = (
+    select(
+        _claims.c.usage_id,
+        _claims.c.payment_digest,
+        _claims.c.request_digest,
+        _usage.c.status,
+        _kept.c.body,
+        _kept.c.payment_response,
+    )
+    .select_from(_claims.join(_usage, _usage.c.id == _claims.c.usage_id))
+    .outerjoin(_kept, _kept.c.usage_id == _claims.c.usage_id)
+)
+
+
+def payment_digest(payload: PaymentPayload) -> str:
+    """The signed authorization and its signature: only their holder can ask for a sale's result again."""
+    return hashlib.sha256(json.dumps(payload.payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def request_digest(resource_id: int, values: dict[str, Any] | None) -> str:
+    """The call a payment bought: the resource and the buyer's validated input."""
+    text = json.dumps([resource_id, values or {}], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+async def _earlier(rt: Runtime, sale: Sale, by_identifier: bool):
+    auth = sale.payload.payload.get("authorization") or {}
+    network = sale.prepared.quote.requirements.network
+    payer, nonce = str(auth.get("from", "")).lower(), str(auth.get("nonce", "")).lower()
+    identifier = extract_payment_identifier(sale.payload) if by_identifier else None
+    async with rt.db.sessions() as db:
+        query = _EARLIER.where(_claims.c.network == network, _claims.c.payer == payer)
+        row = (await db.execute(query.where(_claims.c.nonce == nonce))).first()
+        if row is not None:
+            return row, True
+        if identifier:
+            row = (await db.execute(query.where(_claims.c.payment_id == identifier))).first()
+    return row, False
+
+
+async def answer_again(rt: Runtime, sale: Sale, *, by_identifier: bool) -> Outcome | None:
+    """A payment (or, with ``by_identifier``, a payment identifier) that already bought this very call: its kept
+    result (200, no new charge), or 409 while that sale is still running or settling; a payment already used for
+    anything else is refused as such. None when the payment was never claimed here."""
+    row, same_payment = await _earlier(rt, sale, by_identifier)
+    if row is None:
+        return None
+    used = PaymentRefused("payment_already_used", "This payment was already used.")
+    if same_payment and row.payment_digest != payment_digest(sale.payload):
+        return used  # the same authorization with another signature: not its holder
+    if row.request_digest != request_digest(sale.resource.id, sale.prepared.values):
+        if same_payment:
+            return used
+        raise ApiError(
+            409,
+            "payment_identifier_conflict",
+            "This payment identifier was already used for another call; use a new identifier.",
+            {"charged": False},
+        )
+    status = row.status
+    if status == UsageStatus.pending:
+        status = await settlement.resolve(rt, row.usage_id)
+        if status == UsageStatus.succeeded:
+            row, _ = await _earlier(rt, sale, by_identifier)
+    if status in (UsageStatus.running, UsageStatus.pending):
+        raise ApiError(
+            409,
+            "payment_in_progress",
+            "This payment's call is still running or settling; re-send it shortly to get the result.",
+            {"charged": None},
+            headers={"Retry-After": "2"},
+        )
+    if status != UsageStatus.succeeded:
+        return used
+    if row.payment_response is None:
+        hours = f"{rt.settings.result_retention_hours:g}"
+        return PaymentRefused(
+            "payment_already_used",
+            f"This payment was already used and its result has expired (results are kept for {hours} hours).",
+        )
+    await record(
+        rt,
+        resource_id=sale.resource.id,
+        owner_id=sale.resource.owner_id,
+        kind=UsageKind.paid,
+        status=UsageStatus.redelivered,
+        payer=str((sale.payload.payload.get("authorization") or {}).get("from", "")) or None,
+        amount_atomic=0,
+        network=sale.prepared.quote.requirements.network,
+        finished_at=utcnow(),
+    )
+    return Delivered(row.body, row.payment_response, None, redelivered=True)
+
+
+# --- a payer's outstanding payments -------------------------------------------------------------------------------
+
+_OUTSTANDING = (
+    select(func.coalesce(func.sum(_claims.c.amount_atomic), 0))
+    .select_from(_claims.join(_usage, _usage.c.id == _claims.c.usage_id))
+    .where(_usage.c.status.in_((UsageStatus.running, UsageStatus.pending)))
+)
+
+
+async def _check_exposure(rt: Runtime, sale: Sale) -> PaymentRefused | None:
+    """The facilitator checks each authorization against the balance alone, so a payer could have several calls
+    verified at once that only one of them can pay for. Admit a claimed call only while the payer's balance covers
+    all of their verified, unsettled payments (this one included); otherwise release the claim, before any run.
+    Every process sees every claim, so two concurrent calls cannot both slip under the balance."""
+    if rt.chain is None:
+        return None
+    requirements = sale.prepared.quote.requirements
+    own = int(requirements.amount)
+    async with rt.db.sessions() as db:
+        query = _OUTSTANDING.where(_claims.c.network == requirements.network, _claims.c.payer == sale.payer.lower())
+        outstanding = int(await db.scalar(query))
+    if outstanding <= own:
+        return None  # this payment alone: the facilitator checked the balance covers it
+    try:
+        balance = await rt.chain.balance_of(requirements.asset, sale.payer)
+    except Exception as exc:
+        log.warning("balance check failed, admitting the call: %s", exc)
+        return None
+    if balance >= outstanding:
+        return None
+    async with rt.db.sessions() as db:
+        await db.execute(delete(Job).where(Job.usage_id == sale.usage_id))
+        await db.execute(delete(PaymentClaim).where(PaymentClaim.usage_id == sale.usage_id))
+        await update_usage(
+            db,
+            sale.usage_id,
+            status=UsageStatus.refused,
+            amount_atomic=0,
+            error_category="payment",
+            error_code="insufficient_funds_outstanding",
+            finished_at=utcnow(),
+        )
+        await db.commit()
+    return PaymentRefused(
+        "insufficient_funds_outstanding",
+        "Your balance does not cover this payment on top of your other payments still in progress.",
+    )
 
 
 _INSERT_CLAIM = quick_write(insert(PaymentClaim.__table__))
@@ -402,6 +623,9 @@ async def _claim(rt: Runtime, sale: Sale, job: Job | None):
             "usage_id": usage_id,
             "amount_atomic": r.price_atomic,
             "valid_before": None if sale.valid_before is None else datetime.fromtimestamp(sale.valid_before, UTC),
+            "payment_digest": payment_digest(sale.payload),
+            "request_digest": request_digest(r.id, sale.prepared.values),
+            "payment_id": extract_payment_identifier(sale.payload),
         }
         try:
             # The claim's unique key refuses a replay here (PostgreSQL waits for a concurrent first claim to end).
@@ -433,39 +657,60 @@ async def settle_and_record(
     requirements: PaymentRequirements,
     result: dict[str, Any],
     outcome: RunOutcome | None = None,
-) -> PaymentRefused | Delivered:
-    """Settle a delivered run, then record it: the result goes out only when the money moved. ``outcome`` is the
-    run's, when its figures are not on the usage row yet."""
+    *,
+    kept: bool = False,
+) -> Outcome:
+    """Keep the delivered result, settle, then record: the result goes out only when the money moved, and once it
+    may have moved the buyer can always have it. ``outcome`` is the run's, when its figures are not on the usage
+    row yet; ``kept`` when the result is kept already. An unknown settlement outcome is recorded as pending and
+    answered 503 (re-send the same payment)."""
+    if not kept:
+        await settlement.keep(rt, usage_id, result, payload, requirements, outcome_fields(outcome) if outcome else {})
     started = time.perf_counter()
     settled = await gateway.settle(payload, requirements)
     settle_ms = int((time.perf_counter() - started) * 1000)
-    if not settled.ok:
-        await finish_usage(
-            rt,
-            usage_id,
-            outcome,
-            status=UsageStatus.settle_failed,
-            error_category="payment",
-            error_code=settled.reason,
-            error_detail=f"settlement failed: {settled.reason}",
-            settle_ms=settle_ms,
-        )
-        return PaymentRefused(str(settled.reason), "The payment could not be settled; no result.")
-    try:
-        await finish_usage(
-            rt,
-            usage_id,
-            outcome,
-            status=UsageStatus.succeeded,
-            transaction_hash=settled.transaction,
-            settle_ms=settle_ms,
-        )
-    except Exception:
-        # The buyer has paid: a failing bookkeeping write must not cost them the result. The row stays "running",
-        # with the claim, for the creator to see.
-        log.exception("recording settled call %s failed (transaction %s)", usage_id, settled.transaction)
-    body = {**result, "receipt": receipt(settled, requirements, _payer(payload))}
-    return Delivered(body, gateway.payment_response_header(settled), settled)
+    if settled.ok:
+        try:
+            body, header = await settlement.mark_settled(
+                rt,
+                usage_id,
+                result,
+                requirements,
+                transaction=settled.transaction,
+                payer=settled.payer or _payer(payload),
+                response=settled.response,
+                settle_ms=settle_ms,
+            )
+        except Exception:
+            # The buyer has paid: a failing bookkeeping write must not cost them the result. The row stays
+            # "running" with its kept result; the reconciler finds the transaction on chain.
+            log.exception("recording settled call %s failed (transaction %s)", usage_id, settled.transaction)
+            body = {**result, "receipt": receipt(settled, requirements, _payer(payload))}
+            header = gateway.payment_response_header(settled)
+        return Delivered(body, header, settled)
+    if settlement.outcome_unknown(settled):
+        await settlement.mark_pending(rt, usage_id, settled.reason, settle_ms=settle_ms)
+        raise settlement_pending(settled.reason)
+    await settlement.mark_unsettled(
+        rt,
+        usage_id,
+        UsageStatus.settle_failed,
+        settled.reason,
+        f"settlement failed: {settled.reason}",
+        settle_ms=settle_ms,
+    )
+    return PaymentRefused(str(settled.reason), "The payment could not be settled; no result.")
+
+
+def settlement_pending(reason: str | None) -> ApiError:
+    return ApiError(
+        503,
+        "settlement_pending",
+        "Your payment's settlement could not be confirmed yet. Re-send the same payment to get the result once it "
+        "is confirmed; if it never settles, you are not charged.",
+        {"charged": None, "resend_same_payment": True, "reason": reason},
+        headers={"Retry-After": "5"},
+    )
 
 
 def _payer(payload: PaymentPayload) -> str | None:

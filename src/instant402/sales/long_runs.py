@@ -20,8 +20,10 @@ from instant402.execution import budgets
 from instant402.execution.limits import OverCapacity
 from instant402.execution.models import Job, JobState
 from instant402.execution.runner import run_resource
+from instant402.payments.models import KeptResult
 from instant402.resources.models import Resource
 from instant402.runtime import Runtime
+from instant402.sales import settlement
 from instant402.sales.core import Delivered, finish_usage, settle_and_record, success_body
 from instant402.usage.models import UsageRecord, UsageStatus
 
@@ -50,10 +52,11 @@ async def execute(rt: Runtime, job_id: int, worker_id: str, settling: set[int] |
         except OverCapacity:
             raise Requeue() from None
         await _replace_hold(rt, job, outcome.billed_usd)
+        earlier = await _earlier_runs(rt, job)
         if outcome.failure is not None:
-            await finish_usage(rt, job.usage_id, outcome)
+            await finish_usage(rt, job.usage_id, outcome, **earlier(outcome))
             return await _fail(rt, job, worker_id, outcome.failure.to_api_error(), None)
-        await finish_usage(rt, job.usage_id, outcome, status=UsageStatus.running)
+        await finish_usage(rt, job.usage_id, outcome, status=UsageStatus.running, **earlier(outcome))
         result = success_body(outcome, None)
         # Kept before settling: a restart after this point settles without running the model again.
         await _update(rt, job, worker_id, result=result)
@@ -62,25 +65,36 @@ async def execute(rt: Runtime, job_id: int, worker_id: str, settling: set[int] |
     return await _settle(rt, job, worker_id, result, valid_before, resumed)
 
 
-# The facilitator's answer when the authorization's nonce is already spent on chain.
-NONCE_USED = "invalid_exact_evm_nonce_already_used"
-
-
 async def _settle(
     rt: Runtime, job: Job, worker_id: str, result: dict[str, Any], valid_before: float, resumed: bool = False
 ) -> str:
+    payload = PaymentPayload.model_validate(job.payment_payload)
+    requirements = PaymentRequirements.model_validate(job.requirements)
+    if resumed:
+        # An earlier run of this job delivered and may have settled before its process died: ask the chain (or
+        # the facilitator, while the authorization is valid) before settling again.
+        await settlement.keep(rt, job.usage_id, result, payload, requirements, {}, again=True)
+        status = await settlement.resolve(rt, job.usage_id)
+        if status == UsageStatus.succeeded:
+            return await _deliver_kept(rt, job, worker_id, result)
+        if status in (UsageStatus.failed, UsageStatus.settle_failed):
+            err = ApiError(402, "payment_invalid", "The payment could not be settled; no result.", {"charged": False})
+            return await _fail(rt, job, worker_id, err, None)
     if time.time() >= valid_before:
         return await _fail(rt, job, worker_id, _expired(), "the payment authorization expired before settlement")
     gateway = await rt.payments()
-    payload = PaymentPayload.model_validate(job.payment_payload)
-    requirements = PaymentRequirements.model_validate(job.requirements)
     started = time.perf_counter()
-    outcome = await settle_and_record(rt, gateway, job.usage_id, payload, requirements, result)
-    settle_ms = int((time.perf_counter() - started) * 1000)
-    if not isinstance(outcome, Delivered) and resumed and outcome.reason == NONCE_USED:
-        # The process died after settling and before recording it. The claim is this job's alone, so the spent
-        # authorization means the buyer paid: deliver the kept result (the transaction hash was lost with it).
-        return await _delivered(rt, job, worker_id, result, requirements, settle_ms)
+    try:
+        outcome = await settle_and_record(rt, gateway, job.usage_id, payload, requirements, result, kept=resumed)
+    except ApiError as err:
+        if err.code != "settlement_pending":
+            raise
+        if rt.chain is None and resumed and NONCE_USED in str(err.details.get("reason")):
+            # No chain to ask: the claim is this job's alone, so a spent authorization means the buyer paid.
+            return await _delivered(
+                rt, job, worker_id, result, requirements, int((time.perf_counter() - started) * 1000)
+            )
+        raise Requeue() from None  # resolved at the next attempt
     if not isinstance(outcome, Delivered):
         err = ApiError(402, "payment_invalid", "The payment could not be settled; no result.", {"charged": False})
         return await _fail(rt, job, worker_id, err, None)
@@ -96,23 +110,53 @@ async def _settle(
     return JobState.succeeded
 
 
+async def _earlier_runs(rt: Runtime, job: Job):
+    """A job run again after a crash adds its upstream cost and attempts to the earlier runs' (the creator's key
+    paid for each), instead of overwriting them."""
+    async with rt.db.sessions() as db:
+        row = await db.get(UsageRecord, job.usage_id)
+        cost, attempts = row.upstream_cost, row.upstream_attempts or 0
+
+    def totals(outcome) -> dict[str, Any]:
+        if not cost and not attempts:
+            return {}
+        return {
+            "upstream_cost": (cost or 0) + (outcome.billed_usd or 0),
+            "upstream_attempts": attempts + len(outcome.attempts),
+        }
+
+    return totals
+
+
+# The facilitator's answer when the authorization's nonce is already spent on chain.
+NONCE_USED = "nonce_already_used"
+
+
+async def _deliver_kept(rt: Runtime, job: Job, worker_id: str, result: dict[str, Any]) -> str:
+    async with rt.db.sessions() as db:
+        kept = await db.get(KeptResult, job.usage_id)
+    body = kept.body if kept is not None else result
+    response = kept.payment_response if kept is not None else None
+    await _update(
+        rt, job, worker_id, state=JobState.succeeded, result=body, payment_response=response, finished_at=utcnow()
+    )
+    return JobState.succeeded
+
+
 async def _delivered(rt: Runtime, job: Job, worker_id: str, result, requirements, settle_ms: int) -> str:
-    payload = job.payment_payload.get("payload", {}).get("authorization", {})
-    kept = {"transaction": None, "network": requirements.network, "payer": payload.get("from")}
-    await _usage(
+    payer = job.payment_payload.get("payload", {}).get("authorization", {}).get("from")
+    body, header = await settlement.mark_settled(
         rt,
         job.usage_id,
-        status=UsageStatus.succeeded,
-        error_detail="settled before a restart; the transaction hash was not recorded",
+        result,
+        requirements,
+        transaction=None,
+        payer=payer,
         settle_ms=settle_ms,
+        error_detail="settled before a restart; no chain RPC configured to find the transaction",
     )
     await _update(
-        rt,
-        job,
-        worker_id,
-        state=JobState.succeeded,
-        result={**result, "receipt": {**kept, "amount": requirements.amount}},
-        finished_at=utcnow(),
+        rt, job, worker_id, state=JobState.succeeded, result=body, payment_response=header, finished_at=utcnow()
     )
     return JobState.succeeded
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,10 +22,15 @@ from instant402.usage.models import UsageKind, UsageStatus, add_usage
 from instant402.usage.service import usd_from_atomic
 
 
-async def run_owner_test(rt: Runtime, db: AsyncSession, user: User, resource_id: int, body: Any) -> dict[str, Any]:
+async def run_owner_test(
+    rt: Runtime, db: AsyncSession, user: User, resource_id: int, body: Any, *, model_id: str | None = None
+) -> dict[str, Any]:
+    """``model_id``: run the same definition on that model instead, without fallbacks (to compare models)."""
     resource = await get_own_row(db, user, resource_id)
     if resource.status == "archived":
         raise ApiError(409, "resource_archived", "Archived resources cannot be run.")
+    if model_id is not None and model_id != resource.active_model_id:
+        resource = replace(resource, model_id=model_id, running_on_fallback=None, fallback_model_ids=[])
     values = validate_input(resource, body)
     deadline = time.time() + payment_timeout_seconds(resource, rt.settings.max_timeout_seconds)
     # Decrypted now, counted below with the usage row: one write transaction, none held during the model call.

@@ -18,6 +18,7 @@ from instant402.errors import ApiError, error_body
 from instant402.execution.limits import OverCapacity
 from instant402.payments.gateway import PaymentError
 from instant402.sales import core, streaming
+from instant402.sales.compare import compare_models
 from instant402.sales.owner_run import run_owner_test
 
 PAYMENT_HEADER = "payment-signature"
@@ -126,3 +127,17 @@ async def owner_test_run(request: Request, resource_id: int, body: Any = Body(de
             return JSONResponse(await run_owner_test(rt, db, user, resource_id, {} if body is None else body))
         except OverCapacity as exc:
             raise exc.to_api_error() from None
+
+
+@test_run_router.post(
+    "/api/v1/me/resources/{resource_id}/compare",
+    summary="Run your resource on up to four models side by side, as unpaid test runs",
+)
+async def compare(request: Request, resource_id: int, body: Any = Body(default=None)):
+    rt = request.app.state.runtime
+    if not isinstance(body, dict):
+        raise ApiError(422, "invalid_input", 'Send {"models": [...], "input": {...}}.')
+    async with rt.db.sessions() as db:
+        user = await current_user(request, db)
+    results = await compare_models(rt, user, resource_id, body.get("models"), body.get("input"))
+    return {"results": results}

@@ -72,17 +72,19 @@ def _accepted(accept: str) -> set[str]:
 
 async def start(
     rt: Runtime, prepared: core.Prepared, payload: PaymentPayload, arrived: float
-) -> core.PaymentRefused | EventStream:
-    """Admit, verify and claim the payment like ``core.complete``; the stream then owns the admission. A refusal
-    before the stream is returned (or raised as ApiError) for the door's usual JSON answer. ``arrived``: the request's
-    ``time.perf_counter()``, for the time to first token."""
+) -> core.Outcome | EventStream:
+    """Admit, verify and claim the payment like ``core.complete``; the stream then owns the admission. What answers
+    before the stream (a refusal, or the kept result of a payment that already bought this call) is returned, or
+    raised as ApiError, for the door's usual JSON answer. ``arrived``: the request's ``time.perf_counter()``, for the
+    time to first token."""
+    await core.validate_payment_input(rt, prepared)
     async with contextlib.AsyncExitStack() as stack:
         sale = await stack.enter_async_context(core.admitted(rt, prepared, payload))
-        refused = await core.verify(rt, sale)
-        if refused is None:
-            refused = await core.claim(rt, sale)
-        if refused is not None:
-            return refused
+        answered = await core.verify(rt, sale)
+        if answered is None:
+            answered = await core.claim(rt, sale)
+        if answered is not None:
+            return answered
         return EventStream(rt, sale, stack.pop_all(), arrived)
 
 
@@ -138,15 +140,18 @@ class EventStream(Response):
                 sale.hold.actual_usd = sale.prepared.worst
             return err
         requirements = sale.prepared.quote.requirements
-        summary = core.success_body(outcome, None)
-        del summary["output"]  # the text went out as it came
-        summary["first_token_ms"] = outcome.first_token_ms
-        sold = await core.settle_and_record(
-            rt, sale.prepared.gateway, sale.usage_id, sale.payload, requirements, summary, outcome
-        )
+        # The whole answer is kept like any sale's (re-sending the same payment gets it again, as JSON).
+        result = {**core.success_body(outcome, None), "first_token_ms": outcome.first_token_ms}
+        try:
+            sold = await core.settle_and_record(
+                rt, sale.prepared.gateway, sale.usage_id, sale.payload, requirements, result, outcome
+            )
+        except ApiError as err:  # settlement not confirmed yet: the same payment, re-sent, gets the result
+            return err
         if isinstance(sold, core.PaymentRefused):
             return ApiError(402, "payment_not_settled", sold.message, {"reason": sold.reason, "charged": False})
-        return _event(b"done", {**sold.body, "payment_response": sold.payment_response})
+        done = {k: v for k, v in sold.body.items() if k != "output"}  # the text went out as it came
+        return _event(b"done", {**done, "payment_response": sold.payment_response})
 
 
 async def _relay(pump: Coroutine[Any, Any, None], receive) -> bool:

@@ -1,5 +1,6 @@
 """The job runner: claims queued jobs from the database and runs them, in the server process (embedded mode) or in
-``instant402 worker`` processes (worker mode). Also sweeps stale jobs and lifts budget pauses after the reset.
+``instant402 worker`` processes (worker mode). Also sweeps stale jobs, lifts budget pauses after the reset, and
+resolves paid calls whose settlement is pending or whose process died (sales.settlement.sweep).
 
 Stopping re-queues the runner's unfinished jobs at once (a settlement in progress is allowed to finish first); a
 crashed process's jobs are re-queued by any runner once their heartbeat is older than INSTANT402_JOB_STALE_SECONDS.
@@ -17,7 +18,7 @@ import time
 
 from instant402.execution import budgets, jobs
 from instant402.runtime import Runtime
-from instant402.sales import long_runs
+from instant402.sales import long_runs, settlement
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class JobRunner:
 
     async def _loop(self) -> None:
         settings = self.rt.settings
-        last_stale = last_sweep = time.monotonic()
+        last_stale = last_sweep = last_reconcile = time.monotonic()
         while not self._stopping:
             try:
                 while self.busy < settings.job_concurrency:
@@ -91,6 +92,9 @@ class JobRunner:
                 if now - last_sweep >= BUDGET_SWEEP_SECONDS:
                     last_sweep = now
                     await budgets.sweep_budget_pauses(self.rt)
+                if now - last_reconcile >= settings.reconcile_seconds:
+                    last_reconcile = now
+                    await settlement.sweep(self.rt)
             except asyncio.CancelledError:
                 raise
             except Exception:

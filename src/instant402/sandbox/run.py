@@ -100,6 +100,7 @@ def sandbox_settings(ports: Ports, data_dir: Path, devnet=None) -> Settings:
         public_url=f"http://127.0.0.1:{ports.web}",
         openrouter_base_url=f"http://127.0.0.1:{ports.emulator}/api/v1",
         facilitator_url=f"http://127.0.0.1:{ports.chain}/facilitator",
+        chain_rpc_url=f"http://127.0.0.1:{ports.chain}/",
         log_format="text",
         **extra,
     )

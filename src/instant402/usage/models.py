@@ -25,6 +25,8 @@ class UsageStatus:
     failed = "failed"  # the run failed: nothing settled
     settle_failed = "settle_failed"  # the run succeeded but settlement failed: result withheld
     refused = "refused"  # refused before running (payment invalid, over capacity, cost cap, ...)
+    pending = "pending"  # delivered, settlement outcome unknown (facilitator timeout): resolved by the reconciler
+    redelivered = "redelivered"  # a settled call's kept result sent again for the same payment: no new charge
 
 
 class UsageRecord(Base):

@@ -23,11 +23,13 @@ from instant402.deps import get_db, get_settings
 from instant402.errors import ApiError
 from instant402.resources import service
 from instant402.resources.estimate import ATOMIC_PER_USD, atomic_to_usd
-from instant402.resources.schemas import public_view
+from instant402.resources.schemas import public_parameters, public_view
+from instant402.resources.templates import TemplateError, compile_template
 from instant402.resources.validation import ResourceIn, ResourcePatch
+from instant402.sales.compare import MAX_MODELS
 from instant402.web.common import field_errors, page_router, read_form, require_user
-from instant402.web.public import public_context
-from instant402.web.rendering import render
+from instant402.web.public import example_value, public_context
+from instant402.web.rendering import money, render
 
 router = page_router()
 
@@ -152,6 +154,7 @@ def definition_from_form(values: dict[str, Any]) -> dict[str, Any]:
         spec["required"] = bool(row["required"])
         if (default := _default(kind, row["default"], f"parameters.{i}.default", problems)) is not None:
             spec["default"] = default
+            spec["required"] = False  # a value to fall back on is what makes a parameter optional
         if kind == "enum":
             spec["enum"] = _split(row["enum"])
         if kind in ("integer", "number"):
@@ -241,7 +244,69 @@ NEW_VALUES = {
 }
 
 
+FIELD_LABELS = {
+    "name": "Name",
+    "slug": "URL slug",
+    "description": "Description",
+    "tags": "Tags",
+    "model_id": "Model",
+    "fallback_model_ids": "Fallback models",
+    "system_prompt": "System prompt",
+    "prompt_template": "Prompt template",
+    "parameters": "Parameters",
+    "temperature": "Temperature",
+    "top_p": "Top p",
+    "max_tokens": "Max tokens",
+    "output_kind": "Output",
+    "output_schema": "Output JSON Schema",
+    "price_atomic": "Price",
+    "pay_to": "Pay to",
+    "payout_address": "Payout address",
+    "openrouter_key": "OpenRouter key",
+}
+PARAM_LABELS = {"name": "name", "type": "type", "default": "default", "enum": "allowed values", "min": "minimum"}
+PARAM_LABELS |= {"max": "maximum", "max_length": "max length", "required": "required", "description": "description"}
+
+
+def field_label(path: str, params: list[dict] | None = None) -> str:
+    """A field path as people read it: "parameters.1.default" -> "Parameter 2 (topic): default"."""
+    parts = path.split(".")
+    if parts[0] == "parameters" and len(parts) >= 2 and parts[1].isdigit():
+        i = int(parts[1])
+        name = (params or [])[i].get("name") if params and i < len(params) else None
+        label = f"Parameter {i + 1}" + (f" ({name})" if name else "")
+        return label + (f": {PARAM_LABELS.get(parts[2], parts[2])}" if len(parts) > 2 else "")
+    if parts[0] == "fallback_model_ids" and len(parts) == 2 and parts[1].isdigit():
+        return f"Fallback model {int(parts[1]) + 1}"
+    if parts[0] == "tags" and len(parts) == 2 and parts[1].isdigit():
+        return f"Tag {int(parts[1]) + 1}"
+    return FIELD_LABELS.get(parts[0], parts[0].replace("_", " ").capitalize())
+
+
+def field_anchor(path: str) -> str:
+    """The id of the input a field path belongs to, for the error summary's links."""
+    parts = path.split(".")
+    if parts[0] == "parameters" and len(parts) >= 3 and parts[1].isdigit():
+        return f"p-{parts[1]}-{parts[2]}"
+    if parts[0] == "price_atomic":
+        return "f-price"
+    return f"f-{parts[0]}"
+
+
+def unused_parameters(values: dict) -> set[str]:
+    """Parameter names that neither template uses (flagged next to the parameter; unparsable templates: none)."""
+    used: set[str] = set()
+    for name in ("system_prompt", "prompt_template"):
+        try:
+            used |= compile_template(values.get(name) or "").placeholders
+        except TemplateError:
+            return set()
+    return {p["name"] for p in values.get("params", []) if p.get("name") and p["name"] not in used}
+
+
 def _editor(request: Request, user: User, values: dict, *, resource=None, errors=None, status_code=200, **extra):
+    # Compare runs the saved definition: its inputs are the saved parameters, whatever the form holds now.
+    compare_params = public_parameters(resource) if resource is not None else []
     return render(
         request,
         "editor.html",
@@ -251,6 +316,12 @@ def _editor(request: Request, user: User, values: dict, *, resource=None, errors
         resource=resource,
         errors=errors or {},
         param_types=PARAM_TYPES,
+        unused=unused_parameters(values),
+        field_label=lambda path: field_label(path, values.get("params")),
+        field_anchor=field_anchor,
+        compare_params=compare_params,
+        compare_examples={p["name"]: example_value(p) for p in compare_params},
+        compare_max=MAX_MODELS,
         **extra,
     )
 
@@ -278,7 +349,8 @@ async def create(
     db: AsyncSession = Depends(get_db),
     settings: Settings = Depends(get_settings),
 ):
-    values = form_values(await read_form(request))
+    form = await read_form(request)
+    values = form_values(form)
     try:
         body = ResourceIn.model_validate(definition_from_form(values))
         saved = await service.create_resource(db, settings, user, body)
@@ -288,6 +360,8 @@ async def create(
         return _editor(request, user, values, errors=pydantic_fields(exc), status_code=422)
     except ApiError as err:
         return _editor(request, user, values, errors=field_errors(err), status_code=err.status)
+    if form.get("then") == "publish":
+        return await publish_checked(request, db, user, saved.resource.id, bool(form.get("confirm_loss")))
     return RedirectResponse(f"/resources/{saved.resource.id}/edit?saved=1", status_code=303)
 
 
@@ -313,7 +387,8 @@ async def update(
     settings: Settings = Depends(get_settings),
 ):
     resource = await service.get_own(db, user, resource_id)
-    values = form_values(await read_form(request))
+    form = await read_form(request)
+    values = form_values(form)
     try:
         body = definition_from_form(values)
         if "slug" not in body:
@@ -328,6 +403,8 @@ async def update(
         await reset_session(db, user)
         resource = await service.get_own(db, user, resource_id)
         return _editor(request, user, values, resource=resource, errors=field_errors(err), status_code=err.status)
+    if form.get("then") == "publish" and resource.status == "draft":
+        return await publish_checked(request, db, user, resource_id, bool(form.get("confirm_loss")))
     return RedirectResponse(f"/resources/{resource_id}/edit?saved=1", status_code=303)
 
 
@@ -359,11 +436,44 @@ async def _action(request: Request, db: AsyncSession, user: User, resource_id: i
     return RedirectResponse(f"/resources/{resource_id}", status_code=303)
 
 
+def loses_money(resource: Any) -> Decimal | None:
+    """What a typical call loses at the current price, or None when it does not lose money."""
+    if resource.model is None:
+        return None
+    margin = service.estimate_cost(resource, resource.model).margin_typical
+    return -margin if margin < 0 else None
+
+
+async def publish_checked(request: Request, db: AsyncSession, user: User, resource_id: int, confirmed: bool):
+    """Publish, unless a typical call would lose money and the creator has not confirmed that yet."""
+    resource = await service.get_own(db, user, resource_id)
+    loss = loses_money(resource)
+    if loss is not None and not confirmed:
+        from instant402.web.owner import owner_page
+
+        message = (
+            f"At this price a typical call loses {money(loss)}: the estimated upstream cost is above the price. "
+            "Raise the price, or publish anyway."
+        )
+        return await owner_page(
+            request, resource_id, user, db, action_errors={"margin": message}, confirm_publish=True, status_code=409
+        )
+    try:
+        await service.publish_resource(db, user, resource_id)
+    except ApiError as err:
+        await reset_session(db, user)
+        from instant402.web.owner import owner_page
+
+        return await owner_page(request, resource_id, user, db, action_errors=field_errors(err), status_code=err.status)
+    return RedirectResponse(f"/resources/{resource_id}", status_code=303)
+
+
 @router.post("/resources/{resource_id}/publish")
 async def publish(
     resource_id: int, request: Request, user: User = Depends(require_user), db: AsyncSession = Depends(get_db)
 ):
-    return await _action(request, db, user, resource_id, lambda: service.publish_resource(db, user, resource_id))
+    form = await read_form(request)
+    return await publish_checked(request, db, user, resource_id, bool(form.get("confirm_loss")))
 
 
 @router.post("/resources/{resource_id}/pause")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 from datetime import date, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 from fastapi import Request
@@ -13,19 +13,49 @@ from instant402.web.csrf import form_token, set_anon_cookie
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 
 
-def usd(value: Decimal | str | int | None, places: int = 6) -> str:
-    """An exact USD amount for people: at least cents, at most ``places`` decimals, trailing zeros dropped."""
+CENT = Decimal("0.01")
+NETWORK_NAMES = {
+    "eip155:8453": "Base",
+    "eip155:84532": "Base Sepolia",
+    "eip155:131277322940537": "Sandbox devnet",  # the in-process test chain's id
+}
+
+
+def money(value: Decimal | str | int | None, exact: bool = False) -> str:
+    """The one way money is shown: dollars with cents, sub-cent amounts with two significant digits ($0.00027).
+
+    ``exact`` keeps every digit (for prices a creator typed, e.g. $0.015). Never a float on the way.
+    """
     if value is None:
         return "–"
     amount = Decimal(str(value))
-    text = format(amount.quantize(Decimal(1).scaleb(-places)) if amount.as_tuple().exponent < -places else amount, "f")
+    sign, amount = ("-" if amount < 0 else ""), abs(amount)
+    if exact:
+        shown = amount.normalize()
+    elif amount == 0 or amount >= CENT:
+        shown = amount.quantize(CENT, ROUND_HALF_UP)
+    else:  # two significant digits, below a cent
+        shown = amount.quantize(Decimal(1).scaleb(amount.adjusted() - 1), ROUND_HALF_UP)
+    text = format(shown, "f")
     whole, _, frac = text.partition(".")
-    frac = frac.rstrip("0").ljust(2, "0")
-    return f"${whole}.{frac}"
+    frac = frac.rstrip("0") if len(frac) > 2 else frac
+    return f"{sign}${int(whole):,}.{frac.ljust(2, '0')}"
+
+
+def usd(value: Decimal | str | int | None, places: int | None = None) -> str:
+    """Kept for templates that pass a precision: every amount goes through ``money``."""
+    return money(value)
 
 
 def usd_atomic(atomic: int | str | None) -> str:
-    return "–" if atomic is None else usd(Decimal(int(atomic)).scaleb(-6))
+    """A price or paid amount in USDC atomic units, shown exactly (a creator's price of $0.015 stays $0.015)."""
+    return "–" if atomic is None else money(Decimal(int(atomic)).scaleb(-6), exact=True)
+
+
+def network_name(network: str | None) -> str:
+    if not network:
+        return "–"
+    return NETWORK_NAMES.get(network, network)
 
 
 def when(value: datetime | date | str | None) -> str:
@@ -43,6 +73,8 @@ def per_million(value: str | None) -> str:
 
 
 templates.env.filters["usd"] = usd
+templates.env.filters["money"] = money
+templates.env.filters["network"] = network_name
 templates.env.filters["usd_atomic"] = usd_atomic
 templates.env.filters["when"] = when
 templates.env.filters["pretty_json"] = lambda v: json.dumps(v, indent=2, ensure_ascii=False)

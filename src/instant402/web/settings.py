@@ -12,6 +12,7 @@ from instant402.accounts.models import User
 from instant402.config import Settings
 from instant402.deps import get_db, get_settings
 from instant402.errors import ApiError
+from instant402.execution import budgets
 from instant402.keys import service as keys
 from instant402.resources import service as resources
 from instant402.web.common import field_errors, page_router, read_form, require_user, text
@@ -39,6 +40,8 @@ async def _page(request: Request, db: AsyncSession, user: User, status_code: int
         "message": None,
         "new_token": None,
         "payout_value": user.payout_address or "",
+        "limits": await budgets.limits_out(db, user.id),
+        "limit_values": None,
         **extra,
     }
     return render(request, "settings.html", status_code=status_code, user=user, **context)
@@ -126,3 +129,16 @@ async def revoke_token(
     await read_form(request)
     await accounts.revoke_token(db, user, token_id)
     return await _page(request, db, user, message="Token revoked.")
+
+
+@router.post("/settings/limits")
+async def save_limits(request: Request, user: User = Depends(require_user), db: AsyncSession = Depends(get_db)):
+    form = await read_form(request)
+    # Every field is on the form: an empty one clears that limit (the default applies again).
+    changes = {name: text(form, name) or None for name in budgets.LIMIT_FIELDS}
+    try:
+        await budgets.update_limits(request.app.state.runtime, db, user.id, changes)
+    except ApiError as err:  # checked before anything is written
+        values = {k: v or "" for k, v in changes.items()}
+        return await _page(request, db, user, err.status, errors=field_errors(err), limit_values=values)
+    return await _page(request, db, user, message="Cost limits and webhook saved.")

@@ -22,6 +22,22 @@ function el(tag, attrs, text) {
   return node;
 }
 
+// Money as the server shows it: dollars with cents; below a cent, two significant digits ($0.00027).
+function money(value) {
+  if (value === null || value === undefined || value === "") return "–";
+  const n = Number(value);
+  if (!isFinite(n)) return String(value);
+  const a = Math.abs(n);
+  let text;
+  if (a === 0 || a >= 0.01) {
+    text = a.toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+  } else {
+    const places = 1 - Math.floor(Math.log10(a));
+    text = Number(a.toPrecision(2)).toFixed(places).replace(/(\.\d\d\d*?)0+$/, "$1");
+  }
+  return (n < 0 ? "-$" : "$") + text;
+}
+
 // Confirmation before destructive forms; copy buttons.
 document.addEventListener("submit", (event) => {
   const msg = event.target.getAttribute && event.target.getAttribute("data-confirm");
@@ -80,6 +96,14 @@ function setupEditor(form) {
       list.appendChild(document.createTextNode(" "));
     });
     box.hidden = missing.length === 0;
+    // The reverse: a parameter neither template uses is flagged on its row.
+    $$(".param-row", rows).forEach((row) => {
+      const name = $("[data-param-name]", row).value.trim();
+      const note = $("[data-unused-note]", row);
+      if (!note) return;
+      note.hidden = !name || names.includes(name);
+      $("[data-unused-name]", note).textContent = name;
+    });
   }
   $$(".param-row", rows).forEach(showForType);
   $("[data-add-param]", form).addEventListener("click", () => addRow(""));
@@ -87,7 +111,15 @@ function setupEditor(form) {
     if (e.target.matches("[data-remove-param]")) { e.target.closest(".param-row").remove(); detect(); estimateSoon(); }
   });
   rows.addEventListener("change", (e) => { if (e.target.matches("[data-param-type]")) showForType(e.target.closest(".param-row")); });
-  form.addEventListener("input", (e) => { if (e.target.matches("[data-template], [data-param-name]")) detect(); estimateSoon(); });
+  form.addEventListener("input", (e) => {
+    if (e.target.matches("[data-template], [data-param-name]")) detect();
+    // A default is what makes a parameter optional: typing one unticks "Required" (as the server does).
+    if (e.target.matches("[name$='-default']") && e.target.value.trim()) {
+      const required = $("[data-param-required]", e.target.closest(".param-row"));
+      if (required) required.checked = false;
+    }
+    estimateSoon();
+  });
   form.addEventListener("change", estimateSoon);
 
   const kind = $("[data-output-kind]", form);
@@ -134,8 +166,8 @@ function setupEditor(form) {
     box.innerHTML = "";
     if (status === 200) {
       const e = data.estimate;
-      box.appendChild(el("p", {}, "Upstream cost: typical $" + e.typical_cost + ", worst $" + e.worst_case_cost));
-      box.appendChild(el("p", { "data-testid": "live-margin" }, "Margin: typical $" + e.margin_typical + ", worst $" + e.margin_worst_case));
+      box.appendChild(el("p", {}, "Upstream cost: typical " + money(e.typical_cost) + ", worst " + money(e.worst_case_cost)));
+      box.appendChild(el("p", { "data-testid": "live-margin" }, "Margin: typical " + money(e.margin_typical) + ", worst " + money(e.margin_worst_case)));
       e.warnings.concat((data.warnings || []).map((w) => w.message)).forEach((w) => box.appendChild(el("p", { class: "alert" }, w)));
     } else if (data && data.error) {
       box.appendChild(el("p", { class: "muted" }, "No estimate yet:"));
@@ -207,7 +239,7 @@ function setupTestRun(form) {
       const b = data.breakdown || {};
       const dl = el("dl", { class: "facts", "data-testid": "breakdown" });
       [["Model", data.model], ["Tokens", (data.usage.prompt_tokens || 0) + " prompt + " + (data.usage.completion_tokens || 0) + " completion"],
-       ["Price", "$" + b.price_usd], ["Upstream cost", "$" + b.upstream_cost_usd], ["Margin", "$" + b.margin_usd]].forEach(([k, v]) => {
+       ["Price", money(b.price_usd)], ["Upstream cost", money(b.upstream_cost_usd)], ["Margin", money(b.margin_usd)]].forEach(([k, v]) => {
         dl.appendChild(el("dt", {}, k)); dl.appendChild(el("dd", {}, v));
       });
       box.appendChild(dl);
@@ -224,7 +256,105 @@ function setupTestRun(form) {
   });
 }
 
+// ---- compare models --------------------------------------------------------------------------------------------
+
+function formValues(form) {
+  const body = {};
+  $$("[data-param]", form).forEach((f) => {
+    const name = f.dataset.param, type = f.dataset.type, input = form.elements[name];
+    if (type === "boolean") { body[name] = input.checked; return; }
+    if (input.value === "") return;
+    body[name] = type === "integer" || type === "number" ? Number(input.value) : input.value;
+  });
+  return body;
+}
+
+function setupCompare(form) {
+  const grid = $("#compare-results");
+  const problem = $("[data-compare-error]");
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const models = $$("input[name=model]", form).map((i) => i.value.trim()).filter((v) => v);
+    $$("[data-error-for]", form).forEach((p) => { p.hidden = true; });
+    problem.hidden = true;
+    grid.innerHTML = "";
+    models.forEach((m) => grid.appendChild(el("div", { class: "card compare-card" }, "Running " + m + "…")));
+    const button = $("button[type=submit]", form);
+    button.disabled = true;
+    const { status, data } = await api("POST", "/api/v1/me/resources/" + form.dataset.resource + "/compare",
+      { models, input: formValues(form) }, form.dataset.csrf);
+    button.disabled = false;
+    grid.innerHTML = "";
+    if (status !== 200 || !data) {
+      const err = (data && data.error) || { message: "The comparison failed (HTTP " + status + ")." };
+      problem.textContent = err.message;
+      problem.hidden = false;
+      Object.entries((err.details && err.details.fields) || {}).forEach(([k, m]) => {
+        const p = $("[data-error-for='" + k + "']", form);
+        if (p) { p.textContent = m; p.hidden = false; }
+      });
+      return;
+    }
+    data.results.forEach((r) => {
+      const card = el("div", { class: "card compare-card", "data-testid": "compare-card", "data-model": r.model });
+      card.appendChild(el("h3", {}, r.name || r.model));
+      card.appendChild(el("p", { class: "muted" }, r.model));
+      if (r.error) {
+        card.appendChild(el("p", { class: "error" }, r.error));
+        if (r.detail) card.appendChild(el("p", { class: "muted" }, r.detail));
+      } else {
+        renderOutput(card, r.output);
+      }
+      const dl = el("dl", { class: "facts" });
+      const rows = [["Latency", r.latency_ms === undefined ? "–" : r.latency_ms + " ms"]];
+      if (r.tokens) rows.push(["Tokens", r.tokens.prompt_tokens + " in, " + r.tokens.completion_tokens + " out"]);
+      rows.push(["Upstream cost", money(r.upstream_cost_usd)]);
+      if (r.margin_usd !== undefined) rows.push(["Margin at " + money(r.price_usd), money(r.margin_usd)]);
+      rows.forEach(([k, v]) => { dl.appendChild(el("dt", {}, k)); dl.appendChild(el("dd", {}, v)); });
+      card.appendChild(dl);
+      grid.appendChild(card);
+    });
+  });
+}
+
+// ---- public "try it": follow a long run's job until it is done ------------------------------------------------
+
+function followJob(box) {
+  const url = new URL(box.dataset.followJob, window.location.href);
+  const path = url.pathname;  // same origin: the page only ever asks its own server
+  const state = $("[data-job-state]", box);
+  async function poll() {
+    const { status, data } = await api("GET", path);
+    if (status === 200 && data && data.state === "succeeded") {
+      box.innerHTML = "";
+      box.appendChild(el("h3", {}, "Answer"));
+      renderOutput(box, data.output);
+      if (data.receipt) {
+        const dl = el("dl", { class: "facts", "data-testid": "receipt" });
+        [["Transaction", data.receipt.transaction], ["Paid", money(Number(data.receipt.amount) / 1e6)]].forEach(([k, v]) => {
+          dl.appendChild(el("dt", {}, k)); dl.appendChild(el("dd", {}, v));
+        });
+        box.appendChild(dl);
+      }
+      return;
+    }
+    if (status === 200 && data && data.state === "failed") {
+      box.innerHTML = "";
+      box.appendChild(el("p", { class: "error" }, ((data.error && data.error.message) || "The job failed.").replace(" You were not charged.", "")));
+      box.appendChild(el("p", { "data-testid": "not-charged" }, "You were not charged."));
+      return;
+    }
+    if (status !== 200) { state.textContent = "Could not read the job (HTTP " + status + "); retrying…"; }
+    else state.textContent = "Working… (" + data.state + "). You are charged only if it succeeds.";
+    setTimeout(poll, 2000);
+  }
+  poll();
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  $$("[data-follow-job]").forEach(followJob);
+  const compare = $("#compare-form");
+  if (compare) setupCompare(compare);
   const editor = $("#editor");
   if (editor) setupEditor(editor);
   const test = $("#test-form");

@@ -1,14 +1,14 @@
 """streaming: usage rows record whether the answer was streamed and its time to first token
 
-Revision ID: 0008_streaming
-Revises: 0006_execution
+Revision ID: 0009_streaming
+Revises: 0008_redelivery
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008_streaming"
-down_revision = "0006_execution"
+revision = "0009_streaming"
+down_revision = "0008_redelivery"
 branch_labels = None
 depends_on = None
 
