@@ -194,6 +194,29 @@ async def test_buyer_disconnect_cancels_the_upstream_call_and_charges_nothing(ma
     assert market.emulator.stats(seller.openrouter_key)["in_flight"] == 0
 
 
+async def test_the_same_payment_resent_gets_the_kept_answer_whole_and_no_second_charge(market, catalog, buyer):
+    seller = market.seller()
+    res = market.publish(seller)
+    body = {"topic": "tides"}
+    async with httpx.AsyncClient(timeout=60) as http:
+        first = await http.post(res["url"], json=body, headers=stream_headers())
+        client = make_buyer_client(buyer.private_key, allow_assets=market.allow_assets)
+        payload = await client.create_payment_payload(read_payment_required(first))
+        headers = {**x402HTTPClient(client).encode_payment_signature_header(payload), **stream_headers()}
+        async with http.stream("POST", res["url"], json=body, headers=headers) as response:
+            events = [(name, json.loads(data)) async for name, data in read_events(response)]
+        before = balances(market, buyer.address)
+        again = await http.post(res["url"], json=body, headers=headers)
+    text = "".join(data["text"] for name, data in events if name == "message")
+    (done,) = [data for name, data in events if name == "done"]
+    assert again.status_code == 200 and again.headers["content-type"].startswith("application/json")
+    kept = again.json()
+    assert kept["output"] == {"type": "text", "text": text}
+    assert kept["receipt"]["transaction"] == done["receipt"]["transaction"]
+    assert balances(market, buyer.address) == before
+    assert [r["status"] for r in usage_rows(market, seller)].count("succeeded") == 1
+
+
 async def test_json_and_image_resources_refuse_a_stream_before_payment(market, catalog, buyer):
     seller = market.seller()
     json_res = market.publish(
