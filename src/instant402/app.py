@@ -20,6 +20,8 @@ from instant402.health import router as health_router
 from instant402.keys.routes import router as keys_router
 from instant402.keys.vault import load_vault
 from instant402.logs import configure_logging
+from instant402.ops.http import OpsMiddleware
+from instant402.ops.routes import router as ops_router
 from instant402.resources.routes import router as resources_router
 from instant402.runtime import Runtime
 from instant402.sales.routes import router as payments_router
@@ -40,6 +42,7 @@ def create_app(settings: Settings | None = None, *, facilitator: Any = None) -> 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await start_embedded(app.state.runtime)  # background work: the embedded job runner
+        await app.state.runtime.start()  # asks the facilitator in the background
         start_catalog_sync(app)  # first sync when the catalog is empty, then daily (off in tests)
         yield
         await stop_catalog_sync(app)
@@ -59,6 +62,8 @@ def create_app(settings: Settings | None = None, *, facilitator: Any = None) -> 
     app.state.runtime = Runtime(settings, app.state.db, vault, facilitator=facilitator)
     install_error_handlers(app)
     app.include_router(health_router)
+    app.include_router(ops_router)  # /metrics, /readyz
+    app.add_middleware(OpsMiddleware, settings=settings)  # request ids, access log, metrics, outages as 503
     # The hot paths first: the owner's test run, and the paid route (it leaves the app's own paths alone).
     app.include_router(test_run_router)
     app.include_router(payments_router)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -91,6 +91,21 @@ class Settings(BaseSettings):
     chain_rpc_url: str | None = None
     min_run_seconds: int = 10  # a payment must stay valid this long beyond the settle margin to be accepted
     reconcile_seconds: float = 30.0  # how often job runners resolve pending settlements and expire kept results
+
+    # Operations: outages, metrics, readiness.
+    facilitator_retry_seconds: float = 5.0  # after a facilitator failure, paid calls answer 503 this long
+    outage_retry_after_seconds: int = 5  # Retry-After of 503s for an unreachable database or Redis
+    metrics_token: str | None = Field(default=None, repr=False)  # when set, GET /metrics needs "Bearer <token>"
+    access_log: bool | None = None  # one line per request; None: on in production (JSON logs)
+    readyz_facilitator_cache_seconds: float = 10.0  # how long /readyz trusts its last facilitator /supported answer
+
+    @model_validator(mode="after")
+    def _public_url_follows_the_listener(self) -> Settings:
+        """Without INSTANT402_PUBLIC_URL, resource URLs name the host and port the server listens on."""
+        if "public_url" not in self.model_fields_set:
+            host = "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host
+            self.public_url = f"http://{host}:{self.port}"
+        return self
 
     @property
     def resolved_database_url(self) -> str:

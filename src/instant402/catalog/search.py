@@ -11,7 +11,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from instant402.catalog.models import CatalogModel, CuratedModel
-from instant402.catalog.parse import MILLION, MODALITIES
+from instant402.catalog.parse import CHAT_MODALITIES, MILLION, MODALITIES
 from instant402.errors import field_error
 
 SORTS = ("curated", "name", "prompt_price", "completion_price", "context", "newest")
@@ -43,6 +43,7 @@ class ModelQuery:
     max_completion_price: Decimal | None = None
     min_context: int | None = None
     include_inactive: bool = False
+    chat_only: bool = False  # only models a resource can run on (see CHAT_MODALITIES)
     sort: str = "curated"
     page: int = 1
     per_page: int = 20
@@ -128,6 +129,8 @@ def _filtered(query: ModelQuery) -> list:
     # see the value, then walks the wrong index. Rendered by SQLAlchemy as escaped literals.
     if query.modality:
         conditions.append(CatalogModel.modality == bindparam(None, query.modality, literal_execute=True))
+    if query.chat_only:
+        conditions.append(CatalogModel.modality.in_(CHAT_MODALITIES))
     if query.provider:
         conditions.append(CatalogModel.provider == bindparam(None, query.provider.lower(), literal_execute=True))
     for name, wanted in (query.flags or {}).items():

@@ -401,9 +401,12 @@ def _mid_error(fault: Fault, info: ModelInfo) -> dict:
     }
 
 
-def create_emulator_app(catalog_path: Path | None = None, *, control: bool = False) -> Starlette:
-    """The emulator as an ASGI app; ``control=True`` mounts the `/_emulator/` scripting API."""
-    emulator = Emulator(Catalog.load(catalog_path), EmulatorState())
+def create_emulator_app(
+    catalog_path: Path | None = None, *, control: bool = False, keys_file: Path | None = None
+) -> Starlette:
+    """The emulator as an ASGI app; ``control=True`` mounts the `/_emulator/` scripting API; keys registered there
+    are kept in ``keys_file`` when given (so they survive a restart)."""
+    emulator = Emulator(Catalog.load(catalog_path), EmulatorState(keys_file))
     routes = [
         Route(f"{API}/models", emulator.models, methods=["GET"]),
         Route(f"{API}/key", emulator.key, methods=["GET"]),

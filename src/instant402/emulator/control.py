@@ -73,6 +73,7 @@ def control_routes(state: EmulatorState) -> list[Route]:
         if label is not None and not isinstance(label, str):
             return _problem("label must be a string")
         created = state.add_key(key.strip(), limit, label, bool(body.get("is_free_tier", False)))
+        state.save_keys()
         return _json(created.control_view(), 201)
 
     async def list_keys(request: Request) -> Response:
@@ -96,11 +97,13 @@ def control_routes(state: EmulatorState) -> list[Route]:
             return _problem("limit, add and usage must be non-negative amounts")
         if "is_free_tier" in body:
             key.is_free_tier = bool(body["is_free_tier"])
+        state.save_keys()
         return _json(key.control_view())
 
     async def delete_key(request: Request) -> Response:
         if state.keys.pop(request.path_params["key"], None) is None:
             return _problem("unknown key", 404)
+        state.save_keys()
         return Response(status_code=204)
 
     async def add_fault(request: Request) -> Response:

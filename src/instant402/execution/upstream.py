@@ -29,6 +29,7 @@ from instant402.execution import errors as E
 from instant402.execution.errors import Category, UpstreamFailure
 from instant402.execution.media import MediaStore, local_media_store
 from instant402.execution.outputs import normalise
+from instant402.ops import metrics
 
 OutputKind = Literal["text", "json", "image"]
 _ZERO = Decimal(0)
@@ -204,6 +205,8 @@ class Upstream:
                         failure.creator_detail,
                     )
                 )
+                a = attempts[-1]
+                metrics.upstream_attempt(model, a.status, a.category, a.ms / 1000)
                 if failure.buyer_code == "invalid_output":
                     if output_retry_used:
                         raise
@@ -215,6 +218,7 @@ class Upstream:
                 await asyncio.sleep(delay)
                 continue
             attempts.append(Attempt(model, "ok", None, 200, (time.perf_counter() - started) * 1000, answer.cost))
+            metrics.upstream_attempt(model, 200, None, attempts[-1].ms / 1000)
             return Completion(
                 output=output,
                 model_used=answer.model,

@@ -13,6 +13,7 @@ import binascii
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,8 @@ from x402.schemas import (
     ResourceInfo,
     SettleResponse,
 )
+
+from instant402.ops import metrics
 
 if TYPE_CHECKING:
     from instant402.config import Settings
@@ -113,6 +116,7 @@ class PaymentGateway:
         self.server.register(network, ExactEvmServerScheme())
         self.server.register_extension(bazaar_resource_server_extension)
         self._started = False
+        self.reachable = False  # the facilitator answered its last request (False after a transport failure)
 
     @classmethod
     def from_settings(cls, settings: Settings, facilitator: Any = None) -> PaymentGateway:
@@ -131,13 +135,17 @@ class PaymentGateway:
 
     async def start(self) -> None:
         """Fetch the facilitator's ``/supported`` once and check it covers our network (raises PaymentConfigError)."""
+        started = time.perf_counter()
         try:
             await asyncio.to_thread(self.server.initialize)
         except Exception as exc:
+            metrics.facilitator_request("supported", "error", time.perf_counter() - started)
             raise PaymentConfigError(f"facilitator could not be initialised: {exc}") from exc
+        metrics.facilitator_request("supported", "ok", time.perf_counter() - started)
         if self.server.get_supported_kind(2, self.network, SCHEME) is None:
             raise PaymentConfigError(f"the facilitator does not support scheme {SCHEME!r} on {self.network}")
         self._started = True
+        self.reachable = True
 
     async def aclose(self) -> None:
         close = getattr(self.facilitator, "aclose", None)
@@ -286,23 +294,29 @@ class PaymentGateway:
             return VerifyOutcome(False, mismatch, "The payment is not for this resource's requirements.", **base)
         if resource_url and payload.resource and payload.resource.url != resource_url:
             return VerifyOutcome(False, "resource_mismatch", "The payment was made for another resource.", **base)
+        started = time.perf_counter()
         try:
             result = await self.server.verify_payment(payload, requirements)
         except Exception as exc:
             log.warning("facilitator verify failed: %s", exc)
+            self._unreachable("verify", started)
             return VerifyOutcome(False, "facilitator_unavailable", str(exc), **base)
         verify = result.verify
+        metrics.facilitator_request("verify", "ok" if verify.is_valid else "rejected", time.perf_counter() - started)
         if not verify.is_valid:
             return VerifyOutcome(False, verify.invalid_reason or "invalid_payment", verify.invalid_message, **base)
         return VerifyOutcome(True, None, None, payer=verify.payer or payer, nonce=nonce, valid_before=valid_before)
 
     async def settle(self, payload: PaymentPayload, requirements: PaymentRequirements) -> SettleOutcome:
         """Ask the facilitator to execute the transfer; never raises."""
+        started = time.perf_counter()
         try:
             result = await self.server.settle_payment(payload, requirements)
         except Exception as exc:
             log.warning("facilitator settle failed: %s", exc)
+            self._unreachable("settle", started)
             return SettleOutcome(False, "facilitator_unavailable", str(exc), network=requirements.network)
+        metrics.facilitator_request("settle", "ok" if result.success else "rejected", time.perf_counter() - started)
         return SettleOutcome(
             ok=result.success,
             reason=None if result.success else (result.error_reason or "settlement_failed"),
@@ -312,6 +326,11 @@ class PaymentGateway:
             payer=result.payer,
             response=result,
         )
+
+    def _unreachable(self, operation: str, started: float) -> None:
+        """The runtime answers 503 to the next calls until the facilitator's /supported answers again."""
+        metrics.facilitator_request(operation, "error", time.perf_counter() - started)
+        self.reachable = False
 
     @staticmethod
     def payment_response_header(outcome: SettleOutcome) -> str:

@@ -1,7 +1,7 @@
 """The paid route's event-stream door: a text resource's answer as Server-Sent Events, as the model writes it.
 
 Sold through the same core steps as a JSON answer: ``admitted`` → ``verify`` → ``claim`` while the buyer still gets
-plain JSON errors, then the response starts and the run streams, then ``ran`` and ``settle_and_record``. The wire:
+plain JSON errors, then the response starts and the run streams, then ``ran`` and ``settle``. The wire:
 
     data: {"text": "…"}                  one event per text delta
     event: done   data: {…}              usage, cost, model, receipt and ``payment_response`` (the PAYMENT-RESPONSE
@@ -139,13 +139,10 @@ class EventStream(Response):
                 # A stream cut short never got its usage back: the budget keeps the worst case held for it.
                 sale.hold.actual_usd = sale.prepared.worst
             return err
-        requirements = sale.prepared.quote.requirements
         # The whole answer is kept like any sale's (re-sending the same payment gets it again, as JSON).
         result = {**core.success_body(outcome, None), "first_token_ms": outcome.first_token_ms}
         try:
-            sold = await core.settle_and_record(
-                rt, sale.prepared.gateway, sale.usage_id, sale.payload, requirements, result, outcome
-            )
+            sold = await core.settle(rt, sale, result, outcome)
         except ApiError as err:  # settlement not confirmed yet: the same payment, re-sent, gets the result
             return err
         if isinstance(sold, core.PaymentRefused):

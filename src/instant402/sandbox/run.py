@@ -166,7 +166,8 @@ def run_sandbox(port: int, data_dir: Path) -> None:
 
     chain_app = Starlette(routes=[Mount("/facilitator", facilitator_app(facilitator)), Mount("/", rpc_app(devnet))])
     services = [
-        _ThreadServer(create_emulator_app(control=True), ports.emulator),
+        # Keys creators register with the emulator are kept in the data dir: they still work after a restart.
+        _ThreadServer(create_emulator_app(control=True, keys_file=data_dir / "emulator-keys.json"), ports.emulator),
         _ThreadServer(chain_app, ports.chain),
     ]
     for service in services:
