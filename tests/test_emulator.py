@@ -470,6 +470,29 @@ async def test_pace_spaces_the_content_chunks_and_a_closed_stream_is_a_499(emula
     assert call["status"] == 499 and call["cost"] is None
 
 
+async def test_key_concurrency_limit_answers_429_like_openrouter(emulator, openapi):
+    key = new_key(emulator)
+    emulator.set_concurrency(key, 2)
+    emulator.fault(kind="latency", latency_ms=300, key=key)
+    responses = await asyncio.gather(*(post_chat(emulator, key, chat_body(f"q{i}")) for i in range(5)))
+    assert sorted(r.status_code for r in responses) == [200, 200, 429, 429, 429]
+    for r in responses:
+        if r.status_code == 429:
+            validate(openapi, "TooManyRequestsResponse", r.json())
+            assert r.json()["error"]["metadata"]["error_type"] == "rate_limit_exceeded"
+    assert emulator.stats(key=key)["throttled"] == 3
+    with pytest.raises(openai.RateLimitError):  # what the SDK makes of it
+        await asyncio.gather(
+            *(
+                sdk(emulator, key).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}])
+                for _ in range(3)
+            )
+        )
+    emulator.set_concurrency(key, None)  # no limit again
+    responses = await asyncio.gather(*(post_chat(emulator, key, chat_body(f"r{i}")) for i in range(5)))
+    assert all(r.status_code == 200 for r in responses)
+
+
 async def test_mid_stream_error_chunk_raises_in_sdk(emulator):
     key = new_key(emulator)
     emulator.fault(kind="stream_error", key=key, after_chunks=2, status=502)

@@ -339,7 +339,7 @@ def test_worker_process_logs_with_keys_masked(settings, capfd, monkeypatch):
     """`instant402 worker` sets up logging: its lines reach stderr, and a key in an error is masked."""
     import logging
 
-    from instant402.execution import worker
+    from instant402.sales import worker
 
     key = "sk-or-v1-" + "ab" * 32
 

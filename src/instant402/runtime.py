@@ -15,7 +15,7 @@ from instant402.config import Settings
 from instant402.db import Database
 from instant402.errors import ApiError
 from instant402.execution.creator_limits import LimitsCache
-from instant402.execution.limits import Limits, create_limits
+from instant402.execution.limits import CapacityPolicy, Limits, create_limits, start_from_key
 from instant402.execution.upstream import Upstream
 from instant402.keys.vault import Vault
 from instant402.payments.chain import Chain
@@ -32,6 +32,7 @@ class Runtime:
         self.upstream = Upstream(settings)
         self.media = self.upstream.media
         self.limits: Limits = create_limits(settings)
+        self.limits.key_start = self._key_start
         self.gateway = PaymentGateway.from_settings(settings, facilitator)
         self.quotes: dict[tuple, tuple] = {}  # the sale's 402 quotes, per resource version
         self._gateway_started = False
@@ -52,6 +53,16 @@ class Runtime:
             log.info("payments ready: the facilitator supports %s", self.settings.network)
         except ApiError:
             pass  # payments() logged why; paid calls answer 503 until the facilitator answers
+
+    async def _key_start(self, creator: str, policy: CapacityPolicy) -> int | None:
+        """A creator's first concurrency limit, from what their key reported when it was last checked."""
+        if not creator.isdigit():
+            return None
+        from instant402.keys.service import key_report
+
+        async with self.db.sessions() as db:
+            report = await key_report(db, int(creator))
+        return start_from_key(*report, policy) if report is not None else None
 
     def wake_jobs(self) -> None:
         if self.jobs is not None:

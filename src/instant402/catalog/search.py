@@ -19,6 +19,8 @@ INPUT_MODALITIES = ("text", "image", "audio", "video", "file")
 MAX_QUERY_LENGTH = 200
 MAX_TERMS = 10
 MAX_PER_PAGE = 100
+MAX_CONTEXT = 2**31 - 1  # the column is a (32-bit on PostgreSQL) INTEGER
+MAX_PAGE = 100_000  # far past any catalog; keeps the offset within the database's integers
 MAX_PRICE_PER_MILLION = Decimal(1_000_000)  # USD per 1M tokens; beyond this a filter is a typo
 
 # Capability flag name in the API -> column.
@@ -93,10 +95,10 @@ def validate(query: ModelQuery) -> ModelQuery:
         raise field_error("input_modality", f"Unknown input modality; use one of: {', '.join(INPUT_MODALITIES)}.")
     if query.sort not in SORTS:
         raise field_error("sort", f"Unknown sort; use one of: {', '.join(SORTS)}.")
-    if query.min_context is not None and query.min_context < 0:
-        raise field_error("min_context", "Give a context length of 0 or more tokens.")
-    if query.page < 1:
-        raise field_error("page", "Pages start at 1.")
+    if query.min_context is not None and not 0 <= query.min_context <= MAX_CONTEXT:
+        raise field_error("min_context", "Give a context length of 0 or more tokens (below 2^31).")
+    if not 1 <= query.page <= MAX_PAGE:
+        raise field_error("page", f"Pages go from 1 to {MAX_PAGE}.")
     if not 1 <= query.per_page <= MAX_PER_PAGE:
         raise field_error("per_page", f"Give 1 to {MAX_PER_PAGE} models per page.")
     return query

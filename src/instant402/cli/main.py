@@ -50,7 +50,7 @@ def serve(
         port=settings.port,
         workers=workers,
         access_log=False,
-        proxy_headers=True,
+        **settings.uvicorn_proxy_options,
     )
 
 

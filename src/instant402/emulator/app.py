@@ -91,6 +91,10 @@ class Emulator:
         label = key.label if key is not None else None
         call = self.state.call_started(requested if isinstance(requested, str) else None, label, stream)
         try:
+            if error is None and self.state.over_concurrency(key):
+                call["fault"] = "concurrency"
+                # OpenRouter's TooManyRequestsResponse (its OpenAPI example), without Retry-After.
+                error = error_response(429, "Rate limit exceeded", {"error_type": "rate_limit_exceeded"})
             if error is not None:
                 self.state.call_ended(call, error.status_code)
                 return error

@@ -72,7 +72,11 @@ def control_routes(state: EmulatorState) -> list[Route]:
         label = body.get("label")
         if label is not None and not isinstance(label, str):
             return _problem("label must be a string")
-        created = state.add_key(key.strip(), limit, label, bool(body.get("is_free_tier", False)))
+        try:
+            concurrency = _optional_int(body, "concurrency", 1)
+        except ValueError as err:
+            return _problem(str(err))
+        created = state.add_key(key.strip(), limit, label, bool(body.get("is_free_tier", False)), concurrency)
         state.save_keys()
         return _json(created.control_view(), 201)
 
@@ -95,6 +99,11 @@ def control_routes(state: EmulatorState) -> list[Route]:
                 key.usage = _decimal(body["usage"])
         except ValueError:
             return _problem("limit, add and usage must be non-negative amounts")
+        if "concurrency" in body:
+            try:
+                key.concurrency = _optional_int(body, "concurrency", 1)
+            except ValueError as err:
+                return _problem(str(err))
         if "is_free_tier" in body:
             key.is_free_tier = bool(body["is_free_tier"])
         state.save_keys()

@@ -29,6 +29,7 @@ class KeyState:
     limit: Decimal | None = None
     usage: Decimal = Decimal(0)
     is_free_tier: bool = False
+    concurrency: int | None = None  # calls in flight above this answer 429 (None: no limit)
     created_at: float = field(default_factory=time.time)
 
     @property
@@ -69,6 +70,7 @@ class KeyState:
             "usage": str(self.usage),
             "limit_remaining": None if remaining is None else str(remaining),
             "is_free_tier": self.is_free_tier,
+            "concurrency": self.concurrency,
         }
 
 
@@ -157,9 +159,16 @@ class EmulatorState:
         tmp.replace(self.keys_file)
 
     def add_key(
-        self, key: str, limit: Decimal | None = None, label: str | None = None, is_free_tier: bool = False
+        self,
+        key: str,
+        limit: Decimal | None = None,
+        label: str | None = None,
+        is_free_tier: bool = False,
+        concurrency: int | None = None,
     ) -> KeyState:
-        state = KeyState(key=key, label=label or mask_key(key), limit=limit, is_free_tier=is_free_tier)
+        state = KeyState(
+            key=key, label=label or mask_key(key), limit=limit, is_free_tier=is_free_tier, concurrency=concurrency
+        )
         self.keys[key] = state
         return state
 
@@ -207,6 +216,7 @@ class EmulatorState:
         self.calls_by_label: dict[str, int] = {}
         self.total_calls = 0
         self.by_status: dict[int, int] = {}
+        self.throttled_by_label: dict[str, int] = {}  # 429s for going over a key's concurrency limit
 
     def call_started(self, model_requested: str | None, key_label: str | None, stream: bool) -> dict:
         self.in_flight += 1
@@ -232,6 +242,13 @@ class EmulatorState:
         self.calls.append(call)
         return call
 
+    def over_concurrency(self, key: KeyState) -> bool:
+        """Whether a call just started goes over its key's concurrency limit (then it is answered 429)."""
+        if key.concurrency is None or self.in_flight_by_label.get(key.label, 0) <= key.concurrency:
+            return False
+        self.throttled_by_label[key.label] = self.throttled_by_label.get(key.label, 0) + 1
+        return True
+
     def call_ended(self, call: dict, status: int) -> None:
         if call["ended_at"] is not None:
             return
@@ -248,6 +265,7 @@ class EmulatorState:
             "total_calls": self.calls_by_label.get(label, 0),
             "in_flight": self.in_flight_by_label.get(label, 0),
             "max_in_flight": self.max_in_flight_by_label.get(label, 0),
+            "throttled": self.throttled_by_label.get(label, 0),
         }
 
     def stats(self) -> dict:

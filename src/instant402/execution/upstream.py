@@ -27,8 +27,10 @@ from openai.types.chat import ChatCompletionChunk
 from instant402.config import Settings
 from instant402.execution import errors as E
 from instant402.execution.errors import Category, UpstreamFailure
+from instant402.execution.limits import observe_upstream
 from instant402.execution.media import MediaStore, local_media_store
 from instant402.execution.outputs import normalise
+from instant402.keys.redaction import redact
 from instant402.ops import metrics
 
 OutputKind = Literal["text", "json", "image"]
@@ -154,12 +156,17 @@ class Upstream:
             if last is not None and time.monotonic() >= end:
                 break
             try:
-                return await self._run_model(client, auth, request, model, end, attempts)
+                completion = await self._run_model(client, auth, request, model, end, attempts)
             except UpstreamFailure as failure:
                 last = failure
                 if not failure.fallback_ok:
                     break
+            else:
+                _mask_key(attempts, api_key)
+                return completion
         assert last is not None
+        _mask_key(attempts, api_key)
+        last.creator_detail = redact(last.creator_detail, api_key)
         last.attempts = attempts
         raise last
 
@@ -194,6 +201,8 @@ class Upstream:
                     media=self.media,
                 )
             except UpstreamFailure as failure:
+                if failure.upstream_status == 429:  # the creator's concurrency limit shrinks before any retry
+                    await observe_upstream(True, until=end)
                 attempts.append(
                     Attempt(
                         model,
@@ -219,6 +228,7 @@ class Upstream:
                 continue
             attempts.append(Attempt(model, "ok", None, 200, (time.perf_counter() - started) * 1000, answer.cost))
             metrics.upstream_attempt(model, 200, None, attempts[-1].ms / 1000)
+            await observe_upstream(False)
             return Completion(
                 output=output,
                 model_used=answer.model,
@@ -347,6 +357,7 @@ class TextStream:
     def __init__(self, upstream: Upstream, request: CompletionRequest, api_key: str, deadline: float):
         self._upstream = upstream
         self._request = replace(request, stream=True)
+        self._key = api_key
         self._auth = {"Authorization": f"Bearer {api_key}"}
         self._end = time.monotonic() + (deadline - time.time())
         self.attempts: list[Attempt] = []
@@ -378,6 +389,8 @@ class TextStream:
                             yield delta
                     output = await normalise(request.output_kind, got.text(), None, got.finish, got.model)
                 except UpstreamFailure as failure:
+                    if failure.upstream_status == 429:  # the creator's concurrency limit shrinks before any retry
+                        await observe_upstream(True, until=end)
                     ms = (time.perf_counter() - started) * 1000
                     self.attempts.append(
                         Attempt(
@@ -390,9 +403,9 @@ class TextStream:
                             failure.creator_detail,
                         )
                     )
+                    metrics.upstream_attempt(model, failure.upstream_status, str(failure.category), ms / 1000)
                     if self.first_delta_at is not None:  # text went out: no retry, no other model
-                        failure.attempts = self.attempts
-                        raise
+                        raise self._failed(failure) from None
                     delay = self._upstream._retry_delay(failure, tries, end)
                     if delay is None:
                         last = failure
@@ -401,6 +414,9 @@ class TextStream:
                     continue
                 cost = got.cost()
                 self.attempts.append(Attempt(model, "ok", None, 200, (time.perf_counter() - started) * 1000, cost))
+                metrics.upstream_attempt(model, 200, None, self.attempts[-1].ms / 1000)
+                await observe_upstream(False)
+                _mask_key(self.attempts, self._key)
                 usage = got.usage
                 self.completion = Completion(
                     output=output,
@@ -416,8 +432,14 @@ class TextStream:
             if not last.fallback_ok:
                 break
         assert last is not None
-        last.attempts = self.attempts
-        raise last
+        raise self._failed(last)
+
+    def _failed(self, failure: UpstreamFailure) -> UpstreamFailure:
+        """The stream's failure, its attempts attached and the key masked in every detail (as ``complete`` does)."""
+        _mask_key(self.attempts, self._key)
+        failure.creator_detail = redact(failure.creator_detail, self._key)
+        failure.attempts = self.attempts
+        return failure
 
     async def _attempt(self, model: str, remaining: float, got: _Collected) -> AsyncIterator[str]:
         """One upstream stream of ``model``: its text deltas, as they come; the rest is collected in ``got``."""
@@ -514,6 +536,13 @@ def _as_failure(exc: BaseException, model: str, timeout: float, remaining: float
     if isinstance(exc, openai.APIError):  # an error chunk in the middle of a stream
         return E.classify_error(None, exc.body, model, mid_stream=True)
     return E.bad_response(model, type(exc).__name__)
+
+
+def _mask_key(attempts: list[Attempt], api_key: str) -> None:
+    """Details are masked for key-shaped text when made; an upstream may also echo the key in another shape."""
+    for attempt in attempts:
+        if attempt.detail:
+            attempt.detail = redact(attempt.detail, api_key)
 
 
 def _refused(exc: BaseException) -> bool:

@@ -156,7 +156,7 @@ def run_sandbox(port: int, data_dir: Path) -> None:
     for p in (ports.web, ports.emulator, ports.chain):
         _check_free(p)
     data_dir = data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     print("instant402 sandbox: starting the chain, the emulator and the marketplace…", flush=True)
 
     devnet = Devnet.start(data_dir=data_dir, buyers=3)
@@ -188,6 +188,7 @@ def run_sandbox(port: int, data_dir: Path) -> None:
             port=ports.web,
             access_log=False,
             log_level="warning",
+            **settings.uvicorn_proxy_options,
         )
         asyncio.run(_serve_until_signal(_OwnSignalsServer(config)))
     finally:

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from instant402.accounts import service as accounts
 from instant402.accounts.models import User
 from instant402.config import Mode, Settings
-from instant402.deps import get_db, get_settings
+from instant402.deps import Id, get_db, get_settings
 from instant402.errors import ApiError
 from instant402.execution import budgets
 from instant402.keys import service as keys
@@ -146,7 +146,7 @@ async def create_token(request: Request, user: User = Depends(require_user), db:
 
 @router.post("/settings/tokens/{token_id}/revoke")
 async def revoke_token(
-    token_id: int, request: Request, user: User = Depends(require_user), db: AsyncSession = Depends(get_db)
+    token_id: Id, request: Request, user: User = Depends(require_user), db: AsyncSession = Depends(get_db)
 ):
     await read_form(request)
     await accounts.revoke_token(db, user, token_id)
