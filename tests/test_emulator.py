@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import secrets
+import statistics
 import struct
 import zlib
 from decimal import Decimal
@@ -439,6 +441,35 @@ async def test_latency_and_concurrency_counters(emulator):
     assert emulator.stats()["total_calls"] == 0 and emulator.calls() == []
 
 
+async def test_pace_spaces_the_content_chunks_and_a_closed_stream_is_a_499(emulator):
+    key = new_key(emulator)
+    emulator.fault(kind="pace", chunk_ms=120, key=key)
+    headers = {"Authorization": f"Bearer {key}"}
+    url = f"{emulator.base_url}/chat/completions"
+    async with httpx.AsyncClient(timeout=10) as c:
+        arrivals = []
+        async with c.stream("POST", url, json=chat_body(stream=True), headers=headers) as r:
+            async for line in r.aiter_lines():
+                if '"content":"' in line and '"content":""' not in line:
+                    arrivals.append(asyncio.get_running_loop().time())
+                elif line.startswith("data: {") and '"usage"' in line:
+                    assert json.loads(line.removeprefix("data: "))["usage"]["cost"] > 0  # the usage chunk still ends it
+        assert len(arrivals) >= 3
+        gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+        assert statistics.median(gaps) > 0.1 and arrivals[-1] - arrivals[0] > 0.1 * len(gaps), gaps
+        # A client that leaves after the first words: the call ends at once, as cancelled, unbilled.
+        async with c.stream("POST", url, json=chat_body(stream=True), headers=headers) as r:
+            async for line in r.aiter_lines():
+                if '"content":"' in line:
+                    break
+    for _ in range(100):
+        call = emulator.calls()[-1]
+        if call["ended_at"] is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert call["status"] == 499 and call["cost"] is None
+
+
 async def test_key_concurrency_limit_answers_429_like_openrouter(emulator, openapi):
     key = new_key(emulator)
     emulator.set_concurrency(key, 2)
@@ -560,7 +591,8 @@ async def test_call_log_masks_keys(emulator):
 
 
 def test_control_api_rejects_bad_input(emulator):
-    for body in ({"status": 418}, {"kind": "teleport"}, {"kind": "latency"}, {"status": 500, "times": 0}):
+    bad = ({"status": 418}, {"kind": "teleport"}, {"kind": "latency"}, {"kind": "pace"}, {"status": 500, "times": 0})
+    for body in bad:
         assert httpx.post(f"{emulator.url}/_emulator/faults", json=body).status_code == 422
     assert httpx.post(f"{emulator.url}/_emulator/keys", json={"key": "k", "limit": "-1"}).status_code == 422
     assert httpx.patch(f"{emulator.url}/_emulator/keys/unknown", json={"limit": "1"}).status_code == 404

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 import time
@@ -221,6 +222,44 @@ async def test_streamed_text_matches_the_plain_answer(upstream, emulator, key):
     assert (streamed.prompt_tokens, streamed.completion_tokens) == (plain.prompt_tokens, plain.completion_tokens)
     assert streamed.cost_usd == plain.cost_usd > 0
     assert streamed.generation_id and streamed.generation_id.startswith("gen-")
+
+
+async def deltas_of(stream) -> list[str]:
+    async with contextlib.aclosing(stream.__aiter__()) as deltas:
+        return [d async for d in deltas]
+
+
+async def test_text_stream_yields_the_plain_answer_retrying_before_the_first_delta(upstream, emulator, key):
+    plain = await upstream.complete(request(), key, time.time() + 30)
+    emulator.fault(502, key=key, times=1)
+    stream = upstream.stream_text(request(), key, time.time() + 30)
+    deltas = await deltas_of(stream)
+    assert len(deltas) > 1 and "".join(deltas) == plain.output["text"]
+    done = stream.completion
+    assert done.output == plain.output and done.cost_usd == plain.cost_usd > 0
+    assert (done.prompt_tokens, done.completion_tokens) == (plain.prompt_tokens, plain.completion_tokens)
+    assert [a.outcome for a in done.attempts] == ["upstream_error", "ok"] and stream.first_delta_at is not None
+
+
+async def test_text_stream_failing_after_text_neither_retries_nor_falls_back(upstream, emulator, key):
+    emulator.fault(kind="stream_error", after_chunks=2, key=key, times=1)
+    stream = upstream.stream_text(request(fallback_models=[FALLBACK]), key, time.time() + 30)
+    got: list[str] = []
+    with pytest.raises(UpstreamFailure) as info:
+        async with contextlib.aclosing(stream.__aiter__()) as deltas:
+            async for delta in deltas:
+                got.append(delta)
+    assert len(got) == 2 and info.value.buyer_code == "upstream_error"
+    assert [a.outcome for a in info.value.attempts] == ["upstream_error"] and stream.completion is None
+    assert len(calls_for(emulator)) == 1
+
+
+async def test_text_stream_deadline_ends_a_slow_stream(upstream, emulator, key):
+    emulator.fault(kind="pace", chunk_ms=500, key=key)
+    stream = upstream.stream_text(request(), key, time.time() + 1.3)
+    with pytest.raises(UpstreamFailure) as info:
+        await deltas_of(stream)
+    assert info.value.buyer_code == "upstream_timeout" and stream.first_delta_at is not None
 
 
 async def test_attribution_headers_reach_the_upstream(upstream, emulator, key):

@@ -55,3 +55,11 @@ async def test_invalid_text_anywhere_is_a_422_that_changes_nothing(client, make_
     r = await client.request(method, path, content=raw, headers=headers)
     assert r.status_code == 422, r.text
     assert (await client.get("/api/v1/me/limits", headers=creator.headers)).json() == before
+
+
+async def test_a_nul_character_in_a_looked_up_id_is_a_422(client, make_creator):
+    # PostgreSQL refuses NUL in text even in a query's parameter: that is the buyer's or creator's input, not a 500.
+    creator = await make_creator()
+    body = {"name": "ab", "model_id": "openai/gpt-4o-mini\u0000", "prompt_template": "hi", "price_atomic": 10_000}
+    r = await client.post("/api/v1/me/resources", json=body, headers=creator.headers)
+    assert r.status_code == 422, r.text

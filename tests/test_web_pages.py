@@ -240,6 +240,8 @@ async def test_publish_preview_public_page_and_explore(app, web_app, emulator, c
     assert "--param" in body and "topic" in body and "calm" in body
     assert "You are a poet." not in body and "Write a {{mood}}" not in body
     assert "Try it with the sandbox wallet" not in body  # test mode, not the sandbox
+    # A text resource tells buyers how to stream it and what a stream cut short costs them.
+    assert 'data-testid="stream-policy"' in body and "text/event-stream" in body and "not charged" in body
     # Explore lists it and searches.
     explore = await WebUser(web_app).get("/explore?q=haiku")
     assert public_url in explore.text

@@ -168,17 +168,23 @@ def document_errors(app: FastAPI) -> None:
     app.openapi = openapi
 
 
-_INVALID_TEXT = "The request holds invalid Unicode text (a lone surrogate)."
+_INVALID_TEXT = "The request holds text the server cannot store (a lone surrogate or a NUL character)."
+# PostgreSQL refuses a NUL character in text (character_not_in_repertoire) and \u0000 in JSON
+# (untranslatable_character): the request's fault, wherever the text reaches a query.
+_INVALID_TEXT_SQLSTATES = {"22021", "22P05"}
 
 
 def _invalid_text(exc: BaseException) -> bool:
-    """Whether ``exc`` was caused by encoding text with a lone surrogate (anywhere in its chain)."""
+    """Whether ``exc`` was caused by text no database can take: a lone surrogate, or a NUL character on PostgreSQL
+    (anywhere in its chain)."""
     seen = 0
     cause: BaseException | None = exc
     while cause is not None and seen < 8:
         if isinstance(cause, UnicodeEncodeError) and "surrogate" in str(cause):
             return True
-        cause = cause.__cause__ or cause.__context__
+        if getattr(cause, "sqlstate", None) in _INVALID_TEXT_SQLSTATES:
+            return True
+        cause = getattr(cause, "orig", None) or cause.__cause__ or cause.__context__
         seen += 1
     return False
 

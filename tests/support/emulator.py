@@ -59,6 +59,7 @@ class EmulatorHandle:
         retry_after: int | None = None,
         message: str | None = None,
         after_chunks: int | None = None,
+        chunk_ms: int | None = None,
     ) -> dict:
         body = {
             "status": status,
@@ -70,6 +71,7 @@ class EmulatorHandle:
             "retry_after": retry_after,
             "message": message,
             "after_chunks": after_chunks,
+            "chunk_ms": chunk_ms,
         }
         return self._ok(self._http.post("/faults", json={k: v for k, v in body.items() if v is not None})).json()
 

@@ -114,6 +114,7 @@ def call(
     ),
     yes: bool = typer.Option(False, "--yes", "-y", help="Pay without asking (never above --max-price)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    stream: bool = typer.Option(False, "--stream", help="Print a text answer as it is written (Server-Sent Events)."),
 ):
     """Pay for one call of a resource with x402 and print the answer and the receipt."""
     from instant402.payments.cli import CallError, call_resource, load_key, parse_params, parse_price
@@ -130,8 +131,18 @@ def call(
         params = parse_params(param)
         key = load_key(key_file, settings.buyer_private_key)
         limit = parse_price(max_price)
+        show = None if as_json or not stream else (lambda text: typer.echo(text, nl=False))
         report = asyncio.run(
-            call_resource(url or settings.public_url, target, params, key, max_price=limit, confirm=confirm)
+            call_resource(
+                url or settings.public_url,
+                target,
+                params,
+                key,
+                max_price=limit,
+                confirm=confirm,
+                stream=stream,
+                on_text=show,
+            )
         )
     except CallError as err:
         typer.echo(f"error: {err}", err=True)
@@ -141,7 +152,12 @@ def call(
     else:
         if report.price_usd is not None:
             typer.echo(f"price {report.price_usd} USD on {report.network} · {'paid' if report.paid else 'not paid'}")
-        typer.echo(json.dumps(report.result, indent=2) if not isinstance(report.result, str) else report.result)
+        if show is not None and isinstance(report.result, dict) and "text" in report.result:
+            # The text is already on screen: end its line, then the usage (or the error) without it.
+            rest = {k: v for k, v in report.result.items() if k not in ("text", "payment_response")}
+            typer.echo("\n" + json.dumps(rest, indent=2))
+        else:
+            typer.echo(json.dumps(report.result, indent=2) if not isinstance(report.result, str) else report.result)
         if report.receipt:
             typer.echo(f"receipt: transaction {report.receipt.get('transaction')} by {report.receipt.get('payer')}")
     if report.status >= 400 and report.status != 402:

@@ -146,8 +146,11 @@ class Emulator:
         if output_fault is not None:
             call["fault"] = output_fault.kind
         result = self._complete(body, messages, chosen, n_prompt, max_tokens, output_fault)
+        pace = self.state.take_pace(key.key, chosen.id) / 1000
         if stream:
-            return self._stream(result, chosen, key, call, output_fault)
+            return self._stream(result, chosen, key, call, output_fault, pace)
+        if pace:  # the same generation speed, delivered whole
+            await asyncio.sleep(pace * len(_pieces(result["content"])))
         return self._respond(result, chosen, key, call, output_fault)
 
     def _candidates(self, body: dict) -> tuple[list[str], Response | None]:
@@ -321,7 +324,9 @@ class Emulator:
         }
         return _json(doc, headers=headers)
 
-    def _stream(self, result: dict, info: ModelInfo, key: KeyState, call: dict, fault: Fault | None) -> Response:
+    def _stream(
+        self, result: dict, info: ModelInfo, key: KeyState, call: dict, fault: Fault | None, pace: float = 0
+    ) -> Response:
         base = {
             "id": result["id"],
             "provider": info.provider_name,
@@ -350,6 +355,8 @@ class Emulator:
                 for sent, piece in enumerate(pieces):
                     if fault is not None and fault.kind == "stream_error" and sent >= fault.after_chunks:
                         break
+                    if pace:
+                        await asyncio.sleep(pace)
                     yield chunk({"role": "assistant", "content": piece})
                 if fault is not None and fault.kind in ("stream_error", "finish_error"):
                     error = _mid_error(fault, info)

@@ -132,10 +132,13 @@ def control_routes(state: EmulatorState) -> list[Route]:
             latency_ms = _optional_int(body, "latency_ms") or 0
             retry_after = _optional_int(body, "retry_after")
             after_chunks = _optional_int(body, "after_chunks")
+            chunk_ms = _optional_int(body, "chunk_ms") or 0
         except ValueError as err:
             return _problem(str(err))
         if kind == "latency" and not latency_ms:
             return _problem("latency_ms is required for a latency fault")
+        if kind == "pace" and not chunk_ms:
+            return _problem("chunk_ms is required for a pace fault")
         for name in ("key", "model", "message"):
             if body.get(name) is not None and not isinstance(body[name], str):
                 return _problem(f"{name} must be a string")
@@ -149,6 +152,7 @@ def control_routes(state: EmulatorState) -> list[Route]:
             retry_after=retry_after,
             message=body.get("message"),
             after_chunks=2 if after_chunks is None else after_chunks,
+            chunk_ms=chunk_ms,
         )
         return _json(fault.view(), 201)
 

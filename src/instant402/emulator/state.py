@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
-FAULT_KINDS = ("http", "latency", "stream_error", "finish_error", "malformed", "empty")
+FAULT_KINDS = ("http", "latency", "pace", "stream_error", "finish_error", "malformed", "empty")
 FAULT_STATUSES = (400, 401, 402, 403, 404, 408, 413, 422, 429, 500, 502, 503, 524, 529)
 MAX_CALLS_KEPT = 10_000
 
@@ -88,6 +88,7 @@ class Fault:
     retry_after: int | None = None
     message: str | None = None
     after_chunks: int = 2
+    chunk_ms: int = 0  # for "pace": the wait before each content chunk (a model generating at that speed)
     used: int = 0
 
     def matches(self, key: str, model: str | None) -> bool:
@@ -110,6 +111,7 @@ class Fault:
             "retry_after": self.retry_after,
             "message": self.message,
             "after_chunks": self.after_chunks,
+            "chunk_ms": self.chunk_ms,
         }
 
 
@@ -193,6 +195,15 @@ class EmulatorState:
             if fault.kind == "latency" and fault.matches(key, model):
                 fault.used += 1
                 total += fault.latency_ms
+        return total
+
+    def take_pace(self, key: str, model: str | None) -> int:
+        """Milliseconds to wait before each content chunk of this call (paces add up)."""
+        total = 0
+        for fault in self.faults:
+            if fault.kind == "pace" and fault.matches(key, model):
+                fault.used += 1
+                total += fault.chunk_ms
         return total
 
     # calls and counters

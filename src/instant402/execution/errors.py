@@ -72,6 +72,7 @@ MESSAGES = {
     "empty_output": "The model returned an empty answer." + _NOT_CHARGED,
     "invalid_output": "The model's answer did not match this resource's output format." + _NOT_CHARGED,
     "internal_error": "Something went wrong on our side." + _NOT_CHARGED,
+    "client_disconnected": "The stream was closed before the answer was complete." + _NOT_CHARGED,
 }
 
 _STATUS = {
@@ -87,6 +88,7 @@ _STATUS = {
     "empty_output": 502,
     "invalid_output": 502,
     "internal_error": 500,
+    "client_disconnected": 499,  # nobody reads it: the buyer left; the code is for the usage record
 }
 
 # Availability codes saying the model itself is gone or has no provider: try the next model, do not retry.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -10,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from instant402.execution.errors import Category, UpstreamFailure, failure
 from instant402.execution.notify import notify
-from instant402.execution.upstream import Completion, CompletionRequest
+from instant402.execution.upstream import Completion, CompletionRequest, TextStream
 from instant402.keys.secret import SecretKey
 from instant402.keys.service import KeyUnavailable, NoOpenRouterKey, open_key_for_upstream, record_upstream_key_failure
 from instant402.resources.lifecycle import pause_creator_resources
@@ -32,6 +34,8 @@ class RunOutcome:
     completion: Completion | None
     failure: UpstreamFailure | None
     run_ms: int
+    streamed: bool = False
+    first_token_ms: int | None = None  # streamed runs: from the buyer's request to the first text sent
 
     @property
     def attempts(self) -> list[Any]:
@@ -75,10 +79,69 @@ async def run_resource(
         completion = await rt.upstream.complete(request, key.reveal(), deadline)
         return RunOutcome(completion, None, _ms(started))
     except KeyUnavailable as exc:
-        kind = "no_key" if isinstance(exc, NoOpenRouterKey) else "key_invalid"
-        fail = failure("resource_unavailable", Category.creator_config, str(exc), pause_kind=kind, fallback_ok=False)
+        fail = _key_failure(exc)
     except UpstreamFailure as exc:
         fail = exc
+    return await _failed(rt, resource, fail, started)
+
+
+class StreamedRun:
+    """A text resource's run streamed as the model writes it (the paid route's event-stream door).
+
+    ``async for delta in run.deltas()`` yields the text; afterwards ``outcome`` is the run's outcome like
+    ``run_resource``'s, with the time to first token. ``cut_short()`` is the outcome of a run whose reader left: the
+    upstream call was closed, no usage came back, so the cost is unknown (None).
+    """
+
+    def __init__(self, rt: Runtime, resource: AnyResource, values: dict[str, Any], deadline: float, key, arrived):
+        self._rt, self._resource, self._values, self._deadline, self._key = rt, resource, values, deadline, key
+        self._arrived = arrived  # time.perf_counter() when the buyer's request came in
+        self._started = time.perf_counter()
+        self._stream: TextStream | None = None
+        self.outcome: RunOutcome | None = None
+
+    async def deltas(self) -> AsyncIterator[str]:
+        rt, resource, key = self._rt, self._resource, self._key
+        try:
+            if key is None:
+                async with rt.db.sessions() as db:
+                    key = await open_key_for_upstream(db, rt.vault, resource.owner_id)
+            request = completion_request(rt, resource, self._values)
+            self._stream = rt.upstream.stream_text(request, key.reveal(), self._deadline)
+            async with contextlib.aclosing(self._stream.__aiter__()) as deltas:
+                async for delta in deltas:
+                    yield delta
+            self.outcome = self._outcome(self._stream.completion, None)
+            return
+        except KeyUnavailable as exc:
+            fail = _key_failure(exc)
+        except UpstreamFailure as exc:
+            fail = exc
+        failed = await _failed(rt, resource, fail, self._started)
+        self.outcome = RunOutcome(None, failed.failure, failed.run_ms, True, self._first_token_ms())
+
+    def cut_short(self) -> RunOutcome:
+        stream = self._stream
+        fail = failure("client_disconnected", Category.buyer_input, "the buyer closed the stream before its end")
+        fail.model = stream.model if stream else None
+        fail.attempts = stream.attempts if stream else []
+        return self._outcome(None, fail)
+
+    def _outcome(self, completion: Completion | None, fail: UpstreamFailure | None) -> RunOutcome:
+        return RunOutcome(completion, fail, _ms(self._started), True, self._first_token_ms())
+
+    def _first_token_ms(self) -> int | None:
+        first = self._stream.first_delta_at if self._stream else None
+        return None if first is None else int((first - self._arrived) * 1000)
+
+
+def _key_failure(exc: KeyUnavailable) -> UpstreamFailure:
+    kind = "no_key" if isinstance(exc, NoOpenRouterKey) else "key_invalid"
+    return failure("resource_unavailable", Category.creator_config, str(exc), pause_kind=kind, fallback_ok=False)
+
+
+async def _failed(rt: Runtime, resource: AnyResource, fail: UpstreamFailure, started: float) -> RunOutcome:
+    """A failed run's outcome, after reacting to key trouble (pause the creator's resources, tell them)."""
     if fail.pause_kind:
         async with rt.db.sessions() as db:
             paused = await _pause_for(db, resource.owner_id, fail)

@@ -9,11 +9,12 @@ owner: the SDK's ``max_retries`` is 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -179,7 +180,6 @@ class Upstream:
         attempts: list[Attempt],
     ) -> Completion:
         """One model: transient failures retried with backoff; an invalid JSON answer retried once."""
-        settings = self.settings
         tries = 0
         output_retry_used = False
         while True:
@@ -221,18 +221,9 @@ class Upstream:
                         raise
                     output_retry_used = True
                     continue
-                if failure.category != Category.transient or tries >= settings.upstream_max_attempts:
+                delay = self._retry_delay(failure, tries, end)
+                if delay is None:
                     raise
-                delay = random.uniform(
-                    0,
-                    min(
-                        settings.upstream_backoff_max_seconds, settings.upstream_backoff_base_seconds * 2 ** (tries - 1)
-                    ),
-                )
-                if failure.retry_after is not None:
-                    delay = max(delay, failure.retry_after)
-                if time.monotonic() + delay >= end:
-                    raise  # no time to wait: the next fallback model may still answer now
                 await asyncio.sleep(delay)
                 continue
             attempts.append(Attempt(model, "ok", None, 200, (time.perf_counter() - started) * 1000, answer.cost))
@@ -248,6 +239,22 @@ class Upstream:
                 generation_id=answer.generation_id,
                 finish_reason=answer.finish_reason,
             )
+
+    def _retry_delay(self, failure: UpstreamFailure, tries: int, end: float) -> float | None:
+        """The back-off before retrying ``failure`` on the same model, or None when it is not worth a retry (not
+        transient, out of attempts, or no time left: the next fallback model may still answer now)."""
+        settings = self.settings
+        if failure.category != Category.transient or tries >= settings.upstream_max_attempts:
+            return None
+        ceiling = min(settings.upstream_backoff_max_seconds, settings.upstream_backoff_base_seconds * 2 ** (tries - 1))
+        delay = random.uniform(0, ceiling)
+        if failure.retry_after is not None:
+            delay = max(delay, failure.retry_after)
+        return None if time.monotonic() + delay >= end else delay
+
+    def stream_text(self, request: CompletionRequest, api_key: str, deadline: float) -> TextStream:
+        """``request`` streamed as it is generated (see TextStream), with the creator's key, before ``deadline``."""
+        return TextStream(self, request, api_key, deadline)
 
     def _body(self, request: CompletionRequest, model: str) -> dict[str, Any]:
         body: dict[str, Any] = {"model": model, "messages": request.messages}
@@ -297,27 +304,8 @@ class Upstream:
                     return await self._streamed(stream, model)
                 response = await client.post(_PATH, cast_to=httpx2.Response, body=body, options=options)
                 return _parse_body(response.content, model, response.headers.get("x-generation-id"))
-        except UpstreamFailure:
-            raise
-        except TimeoutError:
-            raise E.timed_out(model, timeout, deadline=timeout >= remaining) from None
-        except openai.APIStatusError as exc:
-            raise E.classify_error(
-                exc.status_code,
-                exc.body if isinstance(exc.body, dict) else {"message": str(exc.body or "")[:200]},
-                model,
-                retry_after_header=exc.response.headers.get("retry-after"),
-            ) from None
-        except openai.APITimeoutError as exc:
-            if _refused(exc):  # the aiohttp transport reports a refused connection as a connect timeout
-                raise E.unreachable(model, "connection refused") from None
-            raise E.timed_out(model, timeout, deadline=timeout >= remaining) from None
-        except openai.APIConnectionError as exc:
-            raise E.unreachable(model, type(exc.__cause__ or exc).__name__) from None
-        except openai.APIError as exc:  # an error chunk in the middle of a stream
-            raise E.classify_error(None, exc.body, model, mid_stream=True) from None
-        except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
-            raise E.bad_response(model, type(exc).__name__) from None
+        except (UpstreamFailure, TimeoutError, openai.APIError, *_BROKEN) as exc:
+            raise _as_failure(exc, model, timeout, remaining) from None
 
     async def _streamed(self, stream: AsyncStream[ChatCompletionChunk], model: str) -> _Answer:
         parts: list[str] = []
@@ -354,6 +342,200 @@ class Upstream:
             cost=_decimal(getattr(usage, "cost", None)),
             generation_id=gen_id,
         )
+
+
+class TextStream:
+    """A text completion streamed as the model writes it.
+
+    ``async for delta in stream`` yields the text as it arrives; iterate it under ``contextlib.aclosing`` so that
+    leaving early (a buyer who went away) closes the upstream connection at once, which cancels the generation.
+    Retries and fallback models are tried only until the first delta: after it the buyer holds text from that model,
+    so a failure ends the stream with an UpstreamFailure. Once the iteration ends, ``completion`` holds the answer
+    with its usage and cost; ``attempts``, ``model`` and ``first_delta_at`` stay current for a stream cut short.
+    """
+
+    def __init__(self, upstream: Upstream, request: CompletionRequest, api_key: str, deadline: float):
+        self._upstream = upstream
+        self._request = replace(request, stream=True)
+        self._key = api_key
+        self._auth = {"Authorization": f"Bearer {api_key}"}
+        self._end = time.monotonic() + (deadline - time.time())
+        self.attempts: list[Attempt] = []
+        self.model = request.model
+        self.first_delta_at: float | None = None  # time.perf_counter() of the first text
+        self.completion: Completion | None = None
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        request, end = self._request, self._end
+        last: UpstreamFailure | None = None
+        for model in (request.model, *request.fallback_models):
+            if last is not None and time.monotonic() >= end:
+                break
+            self.model = model
+            tries = 0
+            while True:
+                remaining = end - time.monotonic()
+                if remaining <= 0:
+                    last = E.timed_out(model, 0, deadline=True)
+                    break
+                tries += 1
+                started = time.perf_counter()
+                got = _Collected(model)
+                try:
+                    async with contextlib.aclosing(self._attempt(model, remaining, got)) as deltas:
+                        async for delta in deltas:
+                            if self.first_delta_at is None:
+                                self.first_delta_at = time.perf_counter()
+                            yield delta
+                    output = await normalise(request.output_kind, got.text(), None, got.finish, got.model)
+                except UpstreamFailure as failure:
+                    if failure.upstream_status == 429:  # the creator's concurrency limit shrinks before any retry
+                        await observe_upstream(True, until=end)
+                    ms = (time.perf_counter() - started) * 1000
+                    self.attempts.append(
+                        Attempt(
+                            model,
+                            failure.buyer_code,
+                            str(failure.category),
+                            failure.upstream_status,
+                            ms,
+                            got.cost(),
+                            failure.creator_detail,
+                        )
+                    )
+                    metrics.upstream_attempt(model, failure.upstream_status, str(failure.category), ms / 1000)
+                    if self.first_delta_at is not None:  # text went out: no retry, no other model
+                        raise self._failed(failure) from None
+                    delay = self._upstream._retry_delay(failure, tries, end)
+                    if delay is None:
+                        last = failure
+                        break
+                    await asyncio.sleep(delay)
+                    continue
+                cost = got.cost()
+                self.attempts.append(Attempt(model, "ok", None, 200, (time.perf_counter() - started) * 1000, cost))
+                metrics.upstream_attempt(model, 200, None, self.attempts[-1].ms / 1000)
+                await observe_upstream(False)
+                _mask_key(self.attempts, self._key)
+                usage = got.usage
+                self.completion = Completion(
+                    output=output,
+                    model_used=got.model,
+                    prompt_tokens=_int(getattr(usage, "prompt_tokens", 0)),
+                    completion_tokens=_int(getattr(usage, "completion_tokens", 0)),
+                    cost_usd=cost,
+                    attempts=self.attempts,
+                    generation_id=got.generation_id,
+                    finish_reason=got.finish,
+                )
+                return
+            if not last.fallback_ok:
+                break
+        assert last is not None
+        raise self._failed(last)
+
+    def _failed(self, failure: UpstreamFailure) -> UpstreamFailure:
+        """The stream's failure, its attempts attached and the key masked in every detail (as ``complete`` does)."""
+        _mask_key(self.attempts, self._key)
+        failure.creator_detail = redact(failure.creator_detail, self._key)
+        failure.attempts = self.attempts
+        return failure
+
+    async def _attempt(self, model: str, remaining: float, got: _Collected) -> AsyncIterator[str]:
+        """One upstream stream of ``model``: its text deltas, as they come; the rest is collected in ``got``."""
+        upstream = self._upstream
+        timeout = min(upstream.settings.upstream_timeout_seconds, remaining)
+        stop = asyncio.get_running_loop().time() + timeout  # the whole stream, like a whole answer, within it
+        headers = self._request.headers
+        options: dict[str, Any] = {
+            "timeout": timeout,
+            "security": _NO_CLIENT_AUTH,
+            "headers": {**headers, **self._auth} if headers else self._auth,
+        }
+        try:
+            async with asyncio.timeout_at(stop):
+                stream = await upstream.client.post(
+                    _PATH,
+                    cast_to=ChatCompletionChunk,
+                    body=upstream._body(self._request, model),
+                    options=options,
+                    stream=True,
+                    stream_cls=AsyncStream[ChatCompletionChunk],
+                )
+            async with stream:
+                chunks = stream.__aiter__()
+                while True:
+                    # Only the wait for the next chunk is timed: never the buyer's side of a yield.
+                    async with asyncio.timeout_at(stop):
+                        chunk = await anext(chunks, None)
+                    if chunk is None:
+                        break
+                    text = got.take(chunk)
+                    if text:
+                        yield text
+        except (UpstreamFailure, TimeoutError, openai.APIError, *_BROKEN) as exc:
+            raise _as_failure(exc, model, timeout, remaining) from None
+        if got.finish == "error":
+            raise E.finish_error(model, {})
+
+
+@dataclass(slots=True)
+class _Collected:
+    """What one streamed attempt brought besides its text deltas."""
+
+    model: str
+    parts: list[str] = field(default_factory=list)
+    finish: str | None = None
+    usage: Any = None
+    generation_id: str | None = None
+
+    def take(self, chunk: ChatCompletionChunk) -> str:
+        self.generation_id = self.generation_id or chunk.id
+        self.model = chunk.model or self.model
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        text = ""
+        for choice in chunk.choices:
+            if choice.delta is not None and choice.delta.content:
+                text += choice.delta.content
+            if choice.finish_reason:
+                self.finish = choice.finish_reason
+        if text:
+            self.parts.append(text)
+        return text
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def cost(self) -> Decimal:
+        return _decimal(getattr(self.usage, "cost", None))
+
+
+_BROKEN = (ValueError, TypeError, KeyError, AttributeError, IndexError)  # an answer that does not parse
+
+
+def _as_failure(exc: BaseException, model: str, timeout: float, remaining: float) -> UpstreamFailure:
+    """The failure an exception of one upstream attempt stands for (``timeout``: the attempt's own limit)."""
+    if isinstance(exc, UpstreamFailure):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return E.timed_out(model, timeout, deadline=timeout >= remaining)
+    if isinstance(exc, openai.APIStatusError):
+        return E.classify_error(
+            exc.status_code,
+            exc.body if isinstance(exc.body, dict) else {"message": str(exc.body or "")[:200]},
+            model,
+            retry_after_header=exc.response.headers.get("retry-after"),
+        )
+    if isinstance(exc, openai.APITimeoutError):
+        if _refused(exc):  # the aiohttp transport reports a refused connection as a connect timeout
+            return E.unreachable(model, "connection refused")
+        return E.timed_out(model, timeout, deadline=timeout >= remaining)
+    if isinstance(exc, openai.APIConnectionError):
+        return E.unreachable(model, type(exc.__cause__ or exc).__name__)
+    if isinstance(exc, openai.APIError):  # an error chunk in the middle of a stream
+        return E.classify_error(None, exc.body, model, mid_stream=True)
+    return E.bad_response(model, type(exc).__name__)
 
 
 def _mask_key(attempts: list[Attempt], api_key: str) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json as jsonlib
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -18,6 +20,7 @@ from x402.mechanisms.evm.signers import EthAccountSigner
 from x402.schemas import PaymentRequired, PaymentRequirements, SettleResponse
 
 USDC_DECIMALS = 6
+EVENT_STREAM = "text/event-stream"
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,77 @@ async def pay(
     headers = http_client.encode_payment_signature_header(payload)
     response = await http.request(method, url, json=json, headers=headers)
     return PaidResult(response, read_receipt(response))
+
+
+@dataclass(frozen=True)
+class PaidStream:
+    """A paid call answered as Server-Sent Events: the text, the final event (``done``: usage, model, receipt) or
+    the error event, and the decoded ``payment_response`` of the final event. ``response`` is the HTTP answer (its
+    body read only when it was not a stream, e.g. a 402 or a JSON error)."""
+
+    response: httpx.Response
+    text: str
+    done: dict[str, Any] | None
+    error: dict[str, Any] | None
+    receipt: SettleResponse | None
+
+    @property
+    def streamed(self) -> bool:
+        return self.response.headers.get("content-type", "").startswith(EVENT_STREAM)
+
+
+async def read_events(response: httpx.Response) -> AsyncIterator[tuple[str, str]]:
+    """The Server-Sent Events of a streamed httpx response, as they arrive: (event name, data) pairs."""
+    name, data = "message", []
+    async for line in response.aiter_lines():
+        if not line:
+            if data:
+                yield name, "\n".join(data)
+            name, data = "message", []
+        elif not line.startswith(":"):  # a comment otherwise
+            field, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if field == "event":
+                name = value
+            elif field == "data":
+                data.append(value)
+    if data:
+        yield name, "\n".join(data)
+
+
+async def pay_stream(
+    http: httpx.AsyncClient,
+    client: x402Client,
+    payment_required: PaymentRequired,
+    url: str,
+    *,
+    json: Any = None,
+    on_text: Callable[[str], None] | None = None,
+) -> PaidStream:
+    """Sign a payment for an already-fetched 402 with the SDK client and repeat the request asking for an event
+    stream; ``on_text`` gets each piece of text as it arrives."""
+    payload = await client.create_payment_payload(payment_required)
+    headers = {**x402HTTPClient(client).encode_payment_signature_header(payload), "Accept": EVENT_STREAM}
+    parts: list[str] = []
+    done = error = None
+    async with http.stream("POST", url, json=json, headers=headers) as response:
+        if not response.headers.get("content-type", "").startswith(EVENT_STREAM):
+            await response.aread()
+            return PaidStream(response, "", None, None, read_receipt(response))
+        async for name, data in read_events(response):
+            if name == "message":
+                text = jsonlib.loads(data)["text"]
+                parts.append(text)
+                if on_text is not None:
+                    on_text(text)
+            elif name == "done":
+                done = jsonlib.loads(data)
+            elif name == "error":
+                error = jsonlib.loads(data)
+    receipt = None
+    if done and done.get("payment_response"):
+        receipt = decode_payment_response_header(done["payment_response"])
+    return PaidStream(response, "".join(parts), done, error, receipt)
 
 
 async def pay_url(client: x402Client, url: str, *, method: str = "POST", json: Any = None, http_timeout: float = 60.0):

@@ -10,7 +10,16 @@ from typing import Any
 
 import httpx
 
-from instant402.payments.buyer import chosen_requirement, follow_job, make_buyer_client, pay, read_payment_required, usd
+from instant402.payments.buyer import (
+    EVENT_STREAM,
+    chosen_requirement,
+    follow_job,
+    make_buyer_client,
+    pay,
+    pay_stream,
+    read_payment_required,
+    usd,
+)
 
 
 class CallError(Exception):
@@ -110,14 +119,18 @@ async def call_resource(
     confirm=None,
     http_timeout: float = 180.0,
     transport: httpx.AsyncBaseTransport | None = None,
+    stream: bool = False,
+    on_text=None,
 ) -> CallReport:
     """POST the parameters, read the 402, get consent (``confirm(report) -> bool`` unless under ``max_price``),
-    then pay through the SDK client and return the answer with its decoded receipt."""
+    then pay through the SDK client and return the answer with its decoded receipt. ``stream``: ask for the answer
+    as an event stream; ``on_text(text)`` gets the text as it arrives and the result is the final event."""
     creator, slug = parse_target(target)
     url = f"{base_url.rstrip('/')}/{creator}/{slug}"
     async with httpx.AsyncClient(timeout=http_timeout, transport=transport) as http:
         try:
-            first = await http.post(url, json=params)
+            # Asking for the stream already: a resource that cannot stream says so (406) before any payment.
+            first = await http.post(url, json=params, headers={"Accept": EVENT_STREAM} if stream else None)
         except httpx.HTTPError as exc:
             raise CallError(f"cannot reach {url}: {exc}") from None
         report = CallReport(url=url, status=first.status_code, paid=False)
@@ -146,6 +159,8 @@ async def call_resource(
             {"network": requirement.network, "asset": requirement.asset, "max_amount_per_payment": requirement.amount}
         ]
         client = make_buyer_client(private_key, allow_assets=allowed)
+        if stream:
+            return await _pay_streamed(report, http, client, payment_required, url, params, on_text)
         try:
             paid = await pay(http, client, payment_required, "POST", url, json=params)
         except httpx.HTTPError as exc:
@@ -164,3 +179,24 @@ async def call_resource(
         if paid.receipt is not None:
             report.receipt = paid.receipt.model_dump(mode="json", by_alias=True, exclude_none=True)
         return report
+
+
+async def _pay_streamed(report: CallReport, http, client, payment_required, url, params, on_text) -> CallReport:
+    try:
+        paid = await pay_stream(http, client, payment_required, url, json=params, on_text=on_text)
+    except httpx.HTTPError as exc:
+        raise CallError(f"the paid request failed: {exc}") from None
+    except Exception as exc:  # signing problems (bad key, refused by spend controls)
+        raise CallError(f"could not sign the payment: {exc}") from None
+    report.status = paid.response.status_code
+    if not paid.streamed:  # a JSON answer (402, an error before the stream)
+        report.result = _body(paid.response)
+        return report
+    report.paid = paid.receipt is not None and paid.receipt.success
+    report.result = {**(paid.done or paid.error or {}), "text": paid.text}
+    if paid.done is None:
+        report.status = 502  # the stream broke off: an error, nothing charged
+        report.notes.append("the stream ended without its final answer")
+    if paid.receipt is not None:
+        report.receipt = paid.receipt.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return report

@@ -769,6 +769,8 @@ def outcome_fields(outcome: RunOutcome) -> dict[str, Any]:
         "upstream_attempts": len(outcome.attempts),
         "upstream_cost": outcome.billed_usd,
     }
+    if outcome.streamed:
+        values.update(streamed=True, first_token_ms=outcome.first_token_ms)
     if completion is not None:
         values.update(
             model_used=completion.model_used,

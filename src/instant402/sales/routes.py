@@ -1,10 +1,11 @@
-"""The HTTP doors: the paid route ``POST /{creator}/{slug}`` (JSON answers) over the sale core, and the owner's
-test run."""
+"""The HTTP doors: the paid route ``POST /{creator}/{slug}`` over the sale core (JSON answers, or an event stream for
+a text resource asked with ``Accept: text/event-stream``: sales.streaming), and the owner's test run."""
 
 from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any
 
 from fastapi import APIRouter, Body, Request
@@ -19,7 +20,7 @@ from instant402.deps import Id
 from instant402.errors import ApiError, error_body
 from instant402.execution.limits import OverCapacity
 from instant402.payments.gateway import PaymentError
-from instant402.sales import core
+from instant402.sales import core, streaming
 from instant402.sales.compare import compare_models
 from instant402.sales.owner_run import run_owner_test
 
@@ -53,9 +54,18 @@ test_run_router = APIRouter(tags=["paid calls"])
 @router.post(
     "/{creator:creator}/{slug}",
     summary="Call an instant resource (x402: answers 402 with payment requirements until paid)",
-    responses={402: {"description": "Payment required (x402 v2, PAYMENT-REQUIRED header)"}},
+    responses={
+        200: {
+            "description": "The answer (JSON), or for a text resource asked with Accept: text/event-stream, its text "
+            "as Server-Sent Events ending with a `done` event carrying the receipt",
+            "content": {"application/json": {}, "text/event-stream": {}},
+        },
+        402: {"description": "Payment required (x402 v2, PAYMENT-REQUIRED header)"},
+        406: {"description": "A stream was asked of a JSON or image resource (before any payment)"},
+    },
 )
 async def paid_call(creator: str, slug: str, request: Request):
+    arrived = time.perf_counter()
     rt = request.app.state.runtime
     header = request.headers.get(PAYMENT_HEADER)
     try:
@@ -66,17 +76,23 @@ async def paid_call(creator: str, slug: str, request: Request):
         prepared = await core.prepare(
             rt, creator, slug, body, client_ip=request.client.host if request.client else "unknown"
         )
+        stream = streaming.negotiate(prepared.resource, request.headers.get("accept"))
         if not header:
             return _payment_required(prepared, None, "Pay with x402 to call this resource.")
         try:
             payload = prepared.gateway.decode_payment(header)
         except PaymentError as exc:
             return _payment_required(prepared, exc.reason, exc.message)
-        outcome = await core.complete(rt, prepared, payload)
+        if stream:
+            outcome = await streaming.start(rt, prepared, payload, arrived)
+        else:
+            outcome = await core.complete(rt, prepared, payload)
     except ApiError as err:
         return _error(err)
     if isinstance(outcome, core.PaymentRefused):
         return _payment_required(prepared, outcome.reason, outcome.message)
+    if isinstance(outcome, streaming.EventStream):
+        return outcome
     if isinstance(outcome, core.Queued):
         return JSONResponse(outcome.body, status_code=202, headers={"Location": outcome.job_url})
     return JSONResponse(outcome.body, headers={"PAYMENT-RESPONSE": outcome.payment_response})

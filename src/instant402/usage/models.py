@@ -6,7 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, bindparam, insert, update
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, bindparam, false, insert, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -60,6 +60,9 @@ class UsageRecord(Base):
     verify_ms: Mapped[int | None] = mapped_column(Integer)
     run_ms: Mapped[int | None] = mapped_column(Integer)
     settle_ms: Mapped[int | None] = mapped_column(Integer)
+    # Streamed answers (text/event-stream): the time from the buyer's request to the first text sent.
+    streamed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    first_token_ms: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

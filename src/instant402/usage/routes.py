@@ -38,7 +38,13 @@ def attempt_out(row: UsageRecord) -> dict:
         "completion_tokens": row.completion_tokens,
         "upstream_cost_usd": None if row.upstream_cost is None else str(row.upstream_cost),
         "upstream_attempts": row.upstream_attempts,
-        "timings_ms": {"verify": row.verify_ms, "run": row.run_ms, "settle": row.settle_ms},
+        "streamed": row.streamed,
+        "timings_ms": {
+            "verify": row.verify_ms,
+            "run": row.run_ms,
+            "settle": row.settle_ms,
+            "first_token": row.first_token_ms,
+        },
         "created_at": row.created_at,
         "finished_at": row.finished_at,
     }
