@@ -94,7 +94,7 @@ def payment_terms(payload: PaymentPayload) -> PaymentTerms:
         auth = inner.get("permit2Authorization") or {}
         nonce, valid_before = auth.get("nonce"), auth.get("deadline")
         try:
-            nonce = "0x%064x" % int(nonce)
+            nonce = f"0x{int(nonce):064x}"
         except (TypeError, ValueError):
             nonce = None
     else:
