@@ -84,7 +84,11 @@ def call(
     param: list[str] = typer.Option([], "--param", "-p", help="A parameter as key=value (JSON literals stay typed)."),
     url: str = typer.Option(None, help="Server base URL (default INSTANT402_PUBLIC_URL)."),
     key_file: Path = typer.Option(None, help="File with the buyer's key (default INSTANT402_BUYER_PRIVATE_KEY)."),
-    max_price: str = typer.Option(None, help="Pay without asking when the price is at most this many USD."),
+    max_price: str = typer.Option(
+        None,
+        help="Pay without asking when the price (a metered resource's maximum) is at most this many USD; "
+        "never pay above it.",
+    ),
     yes: bool = typer.Option(False, "--yes", "-y", help="Pay without asking."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
@@ -96,7 +100,8 @@ def call(
     def confirm(report) -> bool:
         if yes:
             return True
-        typer.echo(f"{report.url}\n  price {report.price_usd} USD on {report.network}, paid to {report.pay_to}")
+        what = "at most" if report.scheme == "upto" else "price"
+        typer.echo(f"{report.url}\n  {what} {report.price_usd} USD on {report.network}, paid to {report.pay_to}")
         return typer.confirm("Pay?", default=False)
 
     try:
@@ -112,7 +117,10 @@ def call(
     if as_json:
         typer.echo(json.dumps(report.as_json(), indent=2))
     else:
-        if report.price_usd is not None:
+        if report.price_usd is not None and report.scheme == "upto":
+            settled = f"settled {report.settled_usd} USD" if report.settled_usd is not None else "not paid"
+            typer.echo(f"metered: {settled} (maximum {report.price_usd} USD) on {report.network}")
+        elif report.price_usd is not None:
             typer.echo(f"price {report.price_usd} USD on {report.network} · {'paid' if report.paid else 'not paid'}")
         typer.echo(json.dumps(report.result, indent=2) if not isinstance(report.result, str) else report.result)
         if report.receipt:
