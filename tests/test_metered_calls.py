@@ -407,3 +407,38 @@ async def test_the_ledger_reconciles_over_flat_and_metered_calls(market, catalog
     assert devnet.balance_of(seller.payout) == total == 1_000_000 - devnet.balance_of(buyer.address)
     assert {r.amount_atomic for r in succeeded if r.resource_id == flat["id"]} == {10_000}
     assert {r.amount_atomic for r in succeeded if r.resource_id == capped["id"]} == {1_000}
+
+
+async def test_a_metered_long_run_settles_its_real_cost_from_the_job(market, catalog, database):
+    devnet = market.devnet
+    seller = market.seller()
+    res = publish_metered(
+        market,
+        seller,
+        model_id="google/gemini-2.5-flash-image",
+        output_kind="image",
+        max_tokens=1000,
+        markup="2",
+        fee_atomic=0,
+        max_price_atomic=100_000,
+    )
+    buyer = devnet.new_account(usdc=200_000)
+    start = devnet.block_number()
+    accepted = await pay_url(client_for(market, buyer), res["url"], json={"topic": "a lighthouse"})
+    assert accepted.response.status_code == 202, accepted.response.text
+    url = accepted.response.json()["job"]["url"]
+    async with httpx.AsyncClient(timeout=30) as http:
+        for _ in range(200):
+            done = (await http.get(url)).json()
+            if done["state"] in ("succeeded", "failed"):
+                break
+            await asyncio.sleep(0.2)
+    assert done["state"] == "succeeded", done
+    receipt = done["receipt"]
+    settled = int(receipt["amount"])
+    cost = Decimal(done["usage"]["cost_usd"])
+    assert settled == math.ceil(cost * 2 * 1_000_000) < 100_000 and receipt["max_amount"] == "100000"
+    (transfer,) = transfers_from(devnet, buyer.address, start)
+    assert (transfer.value, transfer.transaction) == (settled, receipt["transaction"])
+    (row,) = await rows(database, res["id"])
+    assert (row.status, row.amount_atomic, row.max_amount_atomic) == ("succeeded", settled, 100_000)
