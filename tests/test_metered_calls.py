@@ -442,3 +442,22 @@ async def test_a_metered_long_run_settles_its_real_cost_from_the_job(market, cat
     assert (transfer.value, transfer.transaction) == (settled, receipt["transaction"])
     (row,) = await rows(database, res["id"])
     assert (row.status, row.amount_atomic, row.max_amount_atomic) == ("succeeded", settled, 100_000)
+
+
+async def test_a_buyer_without_permit2_allowance_pays_gaslessly(market, catalog):
+    from x402.mechanisms.evm.upto import UptoEvmClientScheme
+
+    from instant402.devnet import DevnetBuyerSigner
+
+    devnet = market.devnet
+    seller = market.seller()
+    res = publish_metered(market, seller)
+    buyer = devnet.new_account(usdc=100_000, eth_wei=0, permit2=False)  # no gas, no Permit2 approval
+    client = x402Client()
+    client.register(devnet.network, UptoEvmClientScheme(DevnetBuyerSigner(devnet, buyer.private_key)))
+    client.set_spend_controls({"allowed_assets": market.allow_assets})
+    result = await pay_url(client, res["url"], json={"topic": "dunes"})
+    assert result.response.status_code == 200, result.response.text
+    settled = int(result.response.json()["receipt"]["amount"])
+    assert devnet.balance_of(buyer.address) == 100_000 - settled and devnet.balance_of(seller.payout) == settled
+    assert devnet.permit2_allowance(buyer.address) == 20_000 - settled  # the permit granted the maximum

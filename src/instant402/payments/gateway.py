@@ -362,7 +362,7 @@ class PaymentGateway:
         if resource_url and payload.resource and payload.resource.url != resource_url:
             return VerifyOutcome(False, "resource_mismatch", "The payment was made for another resource.", **base)
         try:
-            result = await self.server.verify_payment(payload, requirements)
+            result = await self.server.verify_payment(payload, requirements, **self._declared(requirements))
         except Exception as exc:
             log.warning("facilitator verify failed: %s", exc)
             return VerifyOutcome(False, "facilitator_unavailable", str(exc), **base)
@@ -371,10 +371,16 @@ class PaymentGateway:
             return VerifyOutcome(False, verify.invalid_reason or "invalid_payment", verify.invalid_message, **base)
         return VerifyOutcome(True, None, None, payer=verify.payer or payer, nonce=nonce, valid_before=valid_before)
 
+    def _declared(self, requirements: PaymentRequirements) -> dict[str, Any]:
+        """An ``upto`` offer declared gas sponsoring: the facilitator may use the buyer's signed EIP-2612 permit."""
+        if requirements.scheme == SCHEME_UPTO and self.upto_extensions:
+            return {"declared_extensions": self.upto_extensions}
+        return {}
+
     async def settle(self, payload: PaymentPayload, requirements: PaymentRequirements) -> SettleOutcome:
         """Ask the facilitator to execute the transfer; never raises."""
         try:
-            result = await self.server.settle_payment(payload, requirements)
+            result = await self.server.settle_payment(payload, requirements, **self._declared(requirements))
         except Exception as exc:
             log.warning("facilitator settle failed: %s", exc)
             return SettleOutcome(False, "facilitator_unavailable", str(exc), network=requirements.network)
