@@ -461,3 +461,19 @@ async def test_a_buyer_without_permit2_allowance_pays_gaslessly(market, catalog)
     settled = int(result.response.json()["receipt"]["amount"])
     assert devnet.balance_of(buyer.address) == 100_000 - settled and devnet.balance_of(seller.payout) == settled
     assert devnet.permit2_allowance(buyer.address) == 20_000 - settled  # the permit granted the maximum
+
+
+async def test_a_call_that_cost_nothing_settles_zero_without_a_transaction(market, catalog, database):
+    devnet = market.devnet
+    seller = market.seller()
+    res = publish_metered(market, seller, model_id="openai/gpt-oss-20b:free", fee_atomic=0)
+    buyer = devnet.new_account(usdc=100_000)
+    start = devnet.block_number()
+    result = await pay_url(client_for(market, buyer), res["url"], json={"topic": "nothing"})
+    assert result.response.status_code == 200, result.response.text
+    receipt = result.response.json()["receipt"]
+    assert receipt["amount"] == "0" and not receipt["transaction"] and receipt["breakdown"]["settled_atomic"] == 0
+    assert result.receipt is not None and result.receipt.success
+    assert transfers_from(devnet, buyer.address, start) == [] and devnet.balance_of(buyer.address) == 100_000
+    (row,) = await rows(database, res["id"])
+    assert (row.status, row.amount_atomic, row.transaction_hash) == ("succeeded", 0, None)
