@@ -18,6 +18,13 @@ The SDK route is measured before and after ours (the chain grows as it runs) and
 
     .venv/bin/python benchmarks/paid_call_bench.py [--calls 60] [--concurrency 8] [--postgres URL]
         [--topology processes|one-process]
+
+``--capacity N`` measures the adaptive per-creator limit instead, with default creator limits: paid calls at
+``--concurrency`` (e.g. 32) against the fast emulator (share of 503 over_capacity refusals), then against a key the
+emulator limits to N calls in flight (429 above it) with ``--latency-ms`` per call: where the upstream in-flight
+count settles, the share of 429s, and whether the buyers were charged exactly for the answered calls.
+
+    .venv/bin/python benchmarks/paid_call_bench.py --capacity 10 --concurrency 32 --calls 320
 """
 
 from __future__ import annotations
@@ -173,6 +180,32 @@ def free_port() -> int:
         return port
 
 
+def server_env(data_dir: str, port: int, emulator: EmulatorHandle, chain: dict) -> dict:
+    """Environment of an ``instant402`` process paying on the benchmark's chain, calling the emulator."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INSTANT402_")}
+    return env | {
+        "INSTANT402_MODE": "test",
+        "INSTANT402_DATA_DIR": data_dir,
+        "INSTANT402_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "INSTANT402_LOG_LEVEL": "WARNING",
+        "INSTANT402_OPENROUTER_BASE_URL": emulator.base_url,
+        "INSTANT402_FACILITATOR_URL": chain["url"] + "/facilitator",
+        "INSTANT402_NETWORK": chain["network"],
+        "INSTANT402_ASSET_ADDRESS": chain["token"],
+        "INSTANT402_ASSET_NAME": chain["asset_name"],
+        "INSTANT402_ASSET_VERSION": chain["asset_version"],
+        "INSTANT402_RATE_LIMIT_IP_PER_MINUTE": "0",
+        "INSTANT402_RATE_LIMIT_PAYER_PER_MINUTE": "0",
+    }
+
+
+def token_balance(chain: dict, address: str) -> int:
+    """The token balance of ``address`` on the benchmark's chain (``balanceOf`` over JSON-RPC)."""
+    data = "0x70a08231" + address.lower().removeprefix("0x").rjust(64, "0")
+    call = {"jsonrpc": "2.0", "id": 1, "method": "eth_call", "params": [{"to": chain["token"], "data": data}, "latest"]}
+    return int(httpx.post(chain["url"] + "/", json=call, timeout=30).json()["result"], 16)
+
+
 async def run_processes(calls: int, concurrency: int, postgres_url: str | None) -> None:
     me = str(Path(__file__).resolve())
     emulator_proc, emulator_url = start_emulator()
@@ -188,22 +221,7 @@ async def run_processes(calls: int, concurrency: int, postgres_url: str | None) 
             wait_http(chain["url"] + "/facilitator/supported", chain_proc)
             allow = [{"network": chain["network"], "asset": chain["token"]}]
             clients = [make_buyer_client(k, allow_assets=allow) for k in chain["buyers"]]
-            env = {k: v for k, v in os.environ.items() if not k.startswith("INSTANT402_")}
-            env |= {
-                "INSTANT402_MODE": "test",
-                "INSTANT402_DATA_DIR": tmp,
-                "INSTANT402_PUBLIC_URL": f"http://127.0.0.1:{our_port}",
-                "INSTANT402_LOG_LEVEL": "WARNING",
-                "INSTANT402_OPENROUTER_BASE_URL": emulator.base_url,
-                "INSTANT402_FACILITATOR_URL": chain["url"] + "/facilitator",
-                "INSTANT402_NETWORK": chain["network"],
-                "INSTANT402_ASSET_ADDRESS": chain["token"],
-                "INSTANT402_ASSET_NAME": chain["asset_name"],
-                "INSTANT402_ASSET_VERSION": chain["asset_version"],
-                "INSTANT402_RATE_LIMIT_IP_PER_MINUTE": "0",
-                "INSTANT402_RATE_LIMIT_PAYER_PER_MINUTE": "0",
-                "INSTANT402_CREATOR_CONCURRENCY": "64",
-            }
+            env = server_env(tmp, our_port, emulator, chain) | {"INSTANT402_CREATOR_CONCURRENCY": "64"}
             if postgres_url:
                 schema = f"bench_{secrets.token_hex(4)}"
                 await _pg(postgres_url, f'CREATE SCHEMA "{schema}"')
@@ -258,7 +276,7 @@ async def run_processes(calls: int, concurrency: int, postgres_url: str | None) 
             await _pg(postgres_url, f'DROP SCHEMA "{schema}" CASCADE')
 
 
-def publish_resource(url: str, emulator: EmulatorHandle, payout: str) -> str:
+def publish_resource(url: str, emulator: EmulatorHandle, payout: str, key: str | None = None) -> str:
     """A creator with a verified emulator key and a published text resource; returns its paid URL."""
     http = httpx.Client(base_url=url, timeout=30)
     r = http.post(
@@ -270,8 +288,9 @@ def publish_resource(url: str, emulator: EmulatorHandle, payout: str) -> str:
     http.cookies.clear()
     auth = {"Authorization": f"Bearer {token.json()['token']}"}
     http.patch("/api/v1/me", json={"payout_address": payout}, headers=auth).raise_for_status()
-    key = "sk-or-v1-" + secrets.token_hex(32)
-    emulator.add_key(key)
+    if key is None:
+        key = "sk-or-v1-" + secrets.token_hex(32)
+        emulator.add_key(key)
     http.put("/api/v1/me/openrouter-key", json={"key": key}, headers=auth).raise_for_status()
     created = http.post(
         "/api/v1/me/resources",
@@ -290,6 +309,115 @@ def publish_resource(url: str, emulator: EmulatorHandle, payout: str) -> str:
     created.raise_for_status()
     http.post(f"/api/v1/me/resources/{created.json()['id']}/publish", headers=auth).raise_for_status()
     return f"{url}/bench/haiku"
+
+
+# -- capacity: the adaptive per-creator limit ------------------------------------------------------------------
+
+
+async def paid_burst(clients, url: str, calls: int, concurrency: int) -> dict:
+    """``calls`` paid calls, ``concurrency`` at a time (one buyer each); counts answers by status."""
+    statuses: dict[int, int] = defaultdict(int)
+    codes: dict[str, int] = defaultdict(int)
+    per_worker = max(1, calls // concurrency)
+
+    async def worker(i: int) -> None:
+        for n in range(per_worker):
+            response = (await pay_url(clients[i], url, json={"topic": f"sea {i} {n}"})).response
+            statuses[response.status_code] += 1
+            if response.status_code != 200:
+                codes[f"{response.status_code} {response.json()['error']['code']}"] += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    rate = per_worker * concurrency / (time.perf_counter() - start)
+    return {"statuses": dict(statuses), "codes": dict(codes), "rate": rate}
+
+
+async def sample_in_flight(emulator: EmulatorHandle, key: str, samples: list[int], every: float = 0.02) -> None:
+    async with httpx.AsyncClient(base_url=emulator.url) as http:
+        while True:
+            stats = (await http.get("/_emulator/stats", params={"key": key})).json()
+            samples.append(stats["in_flight"])
+            await asyncio.sleep(every)
+
+
+async def run_capacity(calls: int, concurrency: int, postgres_url: str | None, key_limit: int, latency_ms: int):
+    """Default creator limits, ``concurrency`` paid calls in flight: first against the fast emulator, then against a
+    key the emulator limits to ``key_limit`` calls in flight (429 above), each call taking ``latency_ms``."""
+    me = str(Path(__file__).resolve())
+    emulator_proc, emulator_url = start_emulator()
+    emulator = EmulatorHandle(emulator_url)
+    chain_port, our_port = free_port(), free_port()
+    schema = None
+    try:
+        with (
+            child(sys.executable, me, "--serve-chain", str(chain_port), "--buyers", str(concurrency)) as chain_proc,
+            tempfile.TemporaryDirectory() as tmp,
+        ):
+            chain = json.loads(chain_proc.stdout.readline())
+            wait_http(chain["url"] + "/facilitator/supported", chain_proc)
+            allow = [{"network": chain["network"], "asset": chain["token"]}]
+            clients = [make_buyer_client(k, allow_assets=allow) for k in chain["buyers"]]
+            env = server_env(tmp, our_port, emulator, chain)  # the creator limits stay at their defaults
+            if postgres_url:
+                schema = f"bench_{secrets.token_hex(4)}"
+                await _pg(postgres_url, f'CREATE SCHEMA "{schema}"')
+                env |= {"INSTANT402_DATABASE_URL": postgres_url, "INSTANT402_DATABASE_SCHEMA": schema}
+            subprocess.run([BIN / "instant402", "db", "upgrade"], env=env, check=True, capture_output=True)
+            sync = [BIN / "instant402", "catalog", "sync", "--base-url", emulator.base_url]
+            subprocess.run(sync, env=env, check=True, capture_output=True)
+            with child(str(BIN / "instant402"), "serve", "--port", str(our_port), env=env) as ours_proc:
+                our_url = f"http://127.0.0.1:{our_port}"
+                wait_http(our_url + "/healthz", ours_proc)
+                key = "sk-or-v1-" + secrets.token_hex(32)
+                emulator.add_key(key)
+                url = publish_resource(our_url, emulator, chain["creator_payout"], key)
+                await paid_burst(clients, url, concurrency, concurrency)  # warm up
+
+                paid0 = token_balance(chain, chain["creator_payout"])
+                fast = await paid_burst(clients, url, calls, concurrency)
+                refused = fast["codes"].get("503 over_capacity", 0)
+                total = sum(fast["statuses"].values())
+                print(
+                    f"fast upstream, {concurrency} in flight: {fast['rate']:.1f} paid calls/s, answers "
+                    f"{fast['statuses']}, over-capacity refusals {refused / total:.1%}",
+                    flush=True,
+                )
+                paid1 = token_balance(chain, chain["creator_payout"])
+                charged_ok = paid1 - paid0 == PRICE * fast["statuses"].get(200, 0)
+
+                emulator.set_concurrency(key, key_limit)
+                emulator.fault(kind="latency", latency_ms=latency_ms, key=key)
+                emulator.reset()
+                samples: list[int] = []
+                sampler = asyncio.create_task(sample_in_flight(emulator, key, samples))
+                limited = await paid_burst(clients, url, calls, concurrency)
+                sampler.cancel()
+                stats = emulator.stats(key=key)
+                paid2 = token_balance(chain, chain["creator_payout"])
+                busy = samples[len(samples) // 5 :] or samples  # after the first fifth: where it settled
+                print(
+                    f"key limited to {key_limit} in flight, {latency_ms} ms a call, {concurrency} buyers at once: "
+                    f"{limited['rate']:.1f} paid calls/s, answers {limited['statuses']} {limited['codes']}",
+                    flush=True,
+                )
+                print(
+                    f"  upstream in flight: median {statistics.median(busy):.0f}, mean {statistics.mean(busy):.1f}, "
+                    f"max {stats['max_in_flight']}; 429s {stats['throttled']} of {stats['total_calls']} upstream "
+                    f"calls ({stats['throttled'] / max(1, stats['total_calls']):.1%})",
+                    flush=True,
+                )
+                charged_ok = charged_ok and paid2 - paid1 == PRICE * limited["statuses"].get(200, 0)
+                print(
+                    "buyers charged exactly for the answered calls (none for refused or failed ones): "
+                    + ("yes" if charged_ok else "NO"),
+                    flush=True,
+                )
+    finally:
+        emulator.close()
+        emulator_proc.terminate()
+        if schema:
+            await _pg(postgres_url, f'DROP SCHEMA "{schema}" CASCADE')
 
 
 # -- one-process topology --------------------------------------------------------------------------------------
@@ -381,6 +509,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--postgres", metavar="URL", help="store in PostgreSQL (a scratch schema) instead of SQLite")
     parser.add_argument("--topology", choices=("processes", "one-process"), default="processes")
+    parser.add_argument(
+        "--capacity",
+        type=int,
+        metavar="N",
+        help="instead: the adaptive creator limit, paid calls at --concurrency against a fast upstream, then a key "
+        "limited to N calls in flight",
+    )
+    parser.add_argument("--latency-ms", type=int, default=200, help="upstream latency in the --capacity run")
     parser.add_argument("--serve-chain", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--buyers", type=int, default=8, help=argparse.SUPPRESS)
     parser.add_argument("--serve-sdk-route", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -390,6 +526,8 @@ def main() -> None:
         return serve_chain(args.serve_chain, args.buyers)
     if args.serve_sdk_route:
         return serve_sdk_route(args.serve_sdk_route, json.loads(args.chain))
+    if args.capacity:
+        return asyncio.run(run_capacity(args.calls, args.concurrency, args.postgres, args.capacity, args.latency_ms))
     run = run_processes if args.topology == "processes" else run_one_process
     asyncio.run(run(args.calls, args.concurrency, args.postgres))
 

@@ -18,9 +18,6 @@ from instant402.db.migrate import upgrade
 from instant402.db.models import metadata
 from tests.support import db as testdb
 
-SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
-OPENROUTER_DATA = SHARED_DIR / "data" / "openrouter"
-
 
 def pytest_report_header(config):
     return f"instant402 test database: {testdb.backend()}"

@@ -99,7 +99,7 @@ async def test_login_logout_and_cookie_flags(client):
     assert "i402_session=" in cookie and "HttpOnly" in cookie and "SameSite=lax" in cookie
     assert "Secure" not in cookie  # served over http here
     assert (await client.get("/api/v1/me")).json()["username"] == "alice"
-    r = await client.post("/api/v1/auth/logout")
+    r = await client.post("/api/v1/auth/logout", headers={"X-CSRF-Token": r.json()["csrf_token"]})
     assert r.status_code == 204
     assert (await client.get("/api/v1/me")).status_code == 401
 

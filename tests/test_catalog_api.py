@@ -12,11 +12,11 @@ from instant402.accounts.models import User
 from instant402.catalog.curation import default_curated_ids
 from instant402.catalog.models import CatalogModel, CatalogModelRaw
 from instant402.catalog.sync import sync_catalog
-from tests.conftest import OPENROUTER_DATA
+from tests.support.catalog_data import CATALOG_ALL, CATALOG_TEXT
 from tests.support.emulator import running_emulator
 
-ALL = OPENROUTER_DATA / "models-all-2026-08.json"
-TEXT = OPENROUTER_DATA / "models-2026-08.json"
+ALL = CATALOG_ALL
+TEXT = CATALOG_TEXT
 RAW = json.loads(ALL.read_bytes())["data"]
 BY_ID = {m["id"]: m for m in RAW}
 
@@ -107,6 +107,16 @@ async def test_filters_follow_the_source_data(client, synced):
     free = await fetch_all(client, free="true")
     assert {m["id"] for m in RAW if m["id"].endswith(":free")} <= ids(free)
     assert all(m["capabilities"]["free"] and m["pricing"]["prompt_per_million"] in ("0", None) for m in free)
+
+
+async def test_chat_filter_offers_only_models_a_resource_can_run_on(client, synced):
+    def chats(m):
+        return bool({"text", "image"} & set(m["architecture"]["output_modalities"]))
+
+    offered = ids(await fetch_all(client, chat="true"))
+    assert offered == {m["id"] for m in RAW if chats(m)}
+    assert {m["id"] for m in RAW if not chats(m)} & ids(await fetch_all(client))  # the full catalog still lists them
+    assert not any(i.startswith("openai/text-embedding") for i in default_curated_ids())
 
 
 async def test_inactive_models_are_hidden_unless_asked(client, database, synced, tmp_path):
@@ -254,10 +264,13 @@ async def test_admin_curation(client, database, synced, make_creator):
     listed = (await client.get("/api/v1/admin/catalog/curated", headers=h)).json()["data"]
     assert [e["model_id"] for e in listed] == list(default_curated_ids())
 
-    r = await client.post("/api/v1/admin/catalog/curated", json={"model_id": "deepgram/flux-tts:free"}, headers=h)
+    r = await client.post("/api/v1/admin/catalog/curated", json={"model_id": "qwen/qwen3.8-27b"}, headers=h)
     assert r.status_code == 201 and r.json()["position"] == len(default_curated_ids())
-    r = await client.post("/api/v1/admin/catalog/curated", json={"model_id": "deepgram/flux-tts:free"}, headers=h)
+    r = await client.post("/api/v1/admin/catalog/curated", json={"model_id": "qwen/qwen3.8-27b"}, headers=h)
     assert r.status_code == 409
+    # A text-to-speech model cannot answer a chat completion: never offered to creators.
+    r = await client.post("/api/v1/admin/catalog/curated", json={"model_id": "deepgram/flux-tts:free"}, headers=h)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "model_not_chat"
     r = await client.post("/api/v1/admin/catalog/curated", json={"model_id": "no/such-model"}, headers=h)
     assert r.status_code == 404
     r = await client.post("/api/v1/admin/catalog/curated", json={"model_id": ""}, headers=h)
@@ -267,7 +280,7 @@ async def test_admin_curation(client, database, synced, make_creator):
     assert (await client.delete(f"/api/v1/admin/catalog/curated/{first}", headers=h)).status_code == 204
     assert (await client.delete(f"/api/v1/admin/catalog/curated/{first}", headers=h)).status_code == 404
 
-    expected = [i for i in default_curated_ids()[1:] if i in BY_ID] + ["deepgram/flux-tts:free"]
+    expected = [i for i in default_curated_ids()[1:] if i in BY_ID] + ["qwen/qwen3.8-27b"]
     page = (await client.get("/api/v1/models", params={"per_page": len(expected)})).json()["data"]
     assert [m["id"] for m in page] == expected
 

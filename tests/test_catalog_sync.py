@@ -15,12 +15,12 @@ from starlette.routing import Route
 from instant402.catalog.curation import curated_ids, default_curated_ids
 from instant402.catalog.models import CatalogLock, CatalogModel, CatalogSyncRun, CuratedModel, get_model, get_models
 from instant402.catalog.sync import LOCK_NAME, _acquire_lock, _release_lock, sync_catalog
-from tests.conftest import OPENROUTER_DATA
+from tests.support.catalog_data import CATALOG_ALL, CATALOG_TEXT, openrouter_snapshot
 from tests.support.emulator import running_emulator
 from tests.support.servers import free_port, serve_in_thread
 
-ALL = OPENROUTER_DATA / "models-all-2026-08.json"
-TEXT = OPENROUTER_DATA / "models-2026-08.json"
+ALL = CATALOG_ALL
+TEXT = CATALOG_TEXT
 
 
 def _raw(path) -> list[dict]:
@@ -121,12 +121,12 @@ async def test_failed_fetches_change_nothing(database, emu_all, tmp_path):
     before = await _state(database)
     full = ALL.read_bytes()
     broken = Broken()
-    few = {"data": _raw(ALL)[:100], "total_count": 100}
+    few = {"data": _raw(ALL)[:40], "total_count": 40}
     cases = [
         (500, b'{"error": {"code": 500, "message": "Internal Server Error"}}', "HTTP 500"),
         (200, full[: len(full) // 2], "not valid JSON"),
         (200, b'{"data": [], "total_count": 0}', "empty"),
-        (200, json.dumps({"data": _raw(ALL)[:300], "total_count": 549}).encode(), "truncated"),
+        (200, json.dumps({"data": _raw(ALL)[:100], "total_count": len(_raw(ALL)) + 10}).encode(), "truncated"),
         (200, json.dumps(few).encode(), "implausibly small"),
         (200, b'{"models": []}', "no 'data' array"),
         (200, json.dumps({"data": [{"name": "no id"}, 7]}).encode(), "no readable model"),
@@ -249,3 +249,16 @@ async def test_sync_leaves_fresh_planner_statistics(database, emu_all):
                 await db.execute(text("SELECT stat FROM sqlite_stat1 WHERE tbl = 'models' AND idx = 'ix_models_name'"))
             ).scalar_one()
             assert stats.split()[0] == str(len(_raw(ALL)))
+
+
+async def test_real_openrouter_snapshot_syncs_completely(database):
+    """The full real listing (549 models, every kind) reads and stores without a model left out."""
+    path = openrouter_snapshot("models-all-2026-08.json")
+    raw = _raw(path)
+    with running_emulator(path) as emu:
+        report = await sync_catalog(database, emu.base_url)
+    assert report.ok, report.error
+    assert report.fetched == len(raw) == len(report.added) == 549
+    async with database.session() as db:
+        models = await get_models(db, [m["id"] for m in raw])
+    assert set(models) == {m["id"] for m in raw}

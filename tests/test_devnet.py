@@ -55,6 +55,14 @@ def test_token_and_balances_over_http_json_rpc(devnet):
         assert "error" in bad
         assert httpx.post(url, content=b"{not json").json()["error"]["code"] == -32700
 
+        # eth_getLogs takes one address as a plain string or a list (the JSON-RPC spec allows both).
+        for address in (devnet.token, [devnet.token]):
+            query = {"fromBlock": "0x0", "toBlock": "latest", "address": address}
+            body = {"jsonrpc": "2.0", "id": 3, "method": "eth_getLogs", "params": [query]}
+            logs = httpx.post(url, json=body).json()
+            assert "error" not in logs and logs["result"], logs
+            assert {entry["address"].lower() for entry in logs["result"]} == {devnet.token.lower()}
+
 
 def test_compiled_token_cached_and_keys_reused(tmp_path):
     first = Devnet.start(data_dir=tmp_path, buyers=2)

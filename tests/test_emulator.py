@@ -19,12 +19,9 @@ import yaml
 from openapi_schema_validator import OAS31Validator
 
 from instant402.emulator.catalog import SANDBOX_CATALOG
-from tests.conftest import OPENROUTER_DATA
+from tests.support.catalog_data import CATALOG_ALL, CATALOG_TEXT, openrouter_snapshot
 from tests.support.emulator import EmulatorHandle, running_emulator
 
-REAL_ALL = OPENROUTER_DATA / "models-all-2026-08.json"
-REAL_TEXT = OPENROUTER_DATA / "models-2026-08.json"
-SPEC = OPENROUTER_DATA / "openrouter-openapi-2026-08.yaml"
 MODEL = "openai/gpt-4o-mini"
 
 
@@ -34,7 +31,8 @@ MODEL = "openai/gpt-4o-mini"
 @pytest.fixture(scope="module")
 def openapi() -> dict:
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C loader reads the 1.3 MB spec in well under a second
-    return yaml.load(SPEC.read_text(), Loader=loader)  # noqa: S506 (a safe loader)
+    spec = openrouter_snapshot("openrouter-openapi-2026-08.yaml")
+    return yaml.load(spec.read_text(), Loader=loader)  # noqa: S506 (a safe loader)
 
 
 def validate(spec: dict, schema_name: str, instance) -> None:
@@ -45,7 +43,7 @@ def validate(spec: dict, schema_name: str, instance) -> None:
 
 @pytest.fixture(scope="module")
 def real_emulator():
-    with running_emulator(REAL_ALL) as handle:
+    with running_emulator(openrouter_snapshot("models-all-2026-08.json")) as handle:
         yield handle
 
 
@@ -87,20 +85,31 @@ def expected_cost(model: dict, usage: dict) -> Decimal:
 
 
 def test_real_snapshot_served_with_the_real_filters(real_emulator):
+    real_all, real_text = openrouter_snapshot("models-all-2026-08.json"), openrouter_snapshot("models-2026-08.json")
     default = httpx.get(f"{real_emulator.base_url}/models").json()
     everything = httpx.get(f"{real_emulator.base_url}/models", params={"output_modalities": "all"}).json()
     assert default["total_count"] == len(default["data"]) == 414
     assert everything["total_count"] == len(everything["data"]) == 549
     # The default listing is exactly what OpenRouter returned for the same filter.
-    assert default == json.loads(REAL_TEXT.read_text())
-    assert everything == json.loads(REAL_ALL.read_text())
+    assert default == json.loads(real_text.read_text())
+    assert everything == json.loads(real_all.read_text())
     images = httpx.get(f"{real_emulator.base_url}/models", params={"output_modalities": "image"}).json()
     both = httpx.get(f"{real_emulator.base_url}/models", params={"output_modalities": "image,embeddings"}).json()
-    real = json.loads(REAL_ALL.read_text())["data"]
+    real = json.loads(real_all.read_text())["data"]
     want_images = [m["id"] for m in real if "image" in m["architecture"]["output_modalities"]]
     want_both = [m["id"] for m in real if {"image", "embeddings"} & set(m["architecture"]["output_modalities"])]
     assert [m["id"] for m in images["data"]] == want_images and images["total_count"] == len(want_images)
     assert [m["id"] for m in both["data"]] == want_both
+
+
+def test_project_catalog_served_with_the_real_filters():
+    """The project's own catalog fixture: its text list is exactly what the emulator's default filter keeps."""
+    with running_emulator(CATALOG_ALL) as emu:
+        default = httpx.get(f"{emu.base_url}/models").json()
+        everything = httpx.get(f"{emu.base_url}/models", params={"output_modalities": "all"}).json()
+    assert default["data"] == json.loads(CATALOG_TEXT.read_text())["data"]
+    assert everything["data"] == json.loads(CATALOG_ALL.read_text())["data"]
+    assert 0 < len(default["data"]) < len(everything["data"])
 
 
 def test_models_list_matches_openrouter_schema(real_emulator, emulator, openapi):
@@ -110,7 +119,7 @@ def test_models_list_matches_openrouter_schema(real_emulator, emulator, openapi)
 
 def test_sandbox_catalog_covers_every_kind_with_real_shape():
     models = sandbox_models()
-    real_keys = set(json.loads(REAL_ALL.read_text())["data"][0]) - {"reasoning", "benchmarks", "alias_target"}
+    real_keys = set(json.loads(CATALOG_ALL.read_text())["data"][0]) - {"reasoning", "benchmarks", "alias_target"}
     assert 25 <= len(models) <= 40
     for model in models.values():
         assert real_keys <= set(model), model["id"]
@@ -430,6 +439,29 @@ async def test_latency_and_concurrency_counters(emulator):
     assert emulator.stats()["total_calls"] == 0 and emulator.calls() == []
 
 
+async def test_key_concurrency_limit_answers_429_like_openrouter(emulator, openapi):
+    key = new_key(emulator)
+    emulator.set_concurrency(key, 2)
+    emulator.fault(kind="latency", latency_ms=300, key=key)
+    responses = await asyncio.gather(*(post_chat(emulator, key, chat_body(f"q{i}")) for i in range(5)))
+    assert sorted(r.status_code for r in responses) == [200, 200, 429, 429, 429]
+    for r in responses:
+        if r.status_code == 429:
+            validate(openapi, "TooManyRequestsResponse", r.json())
+            assert r.json()["error"]["metadata"]["error_type"] == "rate_limit_exceeded"
+    assert emulator.stats(key=key)["throttled"] == 3
+    with pytest.raises(openai.RateLimitError):  # what the SDK makes of it
+        await asyncio.gather(
+            *(
+                sdk(emulator, key).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}])
+                for _ in range(3)
+            )
+        )
+    emulator.set_concurrency(key, None)  # no limit again
+    responses = await asyncio.gather(*(post_chat(emulator, key, chat_body(f"r{i}")) for i in range(5)))
+    assert all(r.status_code == 200 for r in responses)
+
+
 async def test_mid_stream_error_chunk_raises_in_sdk(emulator):
     key = new_key(emulator)
     emulator.fault(kind="stream_error", key=key, after_chunks=2, status=502)
@@ -583,3 +615,20 @@ def test_faults_are_listed_and_removed_one_by_one(emulator):
     assert httpx.delete(f"{emulator.url}/_emulator/faults/{first['id']}").status_code == 204
     assert [f["id"] for f in emulator.faults()] == [second["id"]]
     assert httpx.delete(f"{emulator.url}/_emulator/faults/{first['id']}").status_code == 404
+
+
+def test_keys_survive_a_restart_when_kept_in_a_file(tmp_path):
+    from instant402.emulator.app import create_emulator_app
+    from tests.support.servers import serve_in_thread
+
+    keys_file = tmp_path / "emulator-keys.json"
+    key = f"sk-or-v1-{secrets.token_hex(32)}"
+    with serve_in_thread(create_emulator_app(control=True, keys_file=keys_file)) as url:
+        EmulatorHandle(url).add_key(key, limit="3")
+        EmulatorHandle(url).top_up(key, "7")
+    assert keys_file.stat().st_mode & 0o077 == 0  # the keys file is the owner's alone
+    with serve_in_thread(create_emulator_app(control=True, keys_file=keys_file)) as url:
+        r = httpx.get(f"{url}/api/v1/key", headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 200 and r.json()["data"]["limit"] == 7.0
+    with serve_in_thread(create_emulator_app(control=True)) as url:  # without the file: forgotten, as before
+        assert httpx.get(f"{url}/api/v1/key", headers={"Authorization": f"Bearer {key}"}).status_code == 401

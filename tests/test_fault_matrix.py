@@ -181,7 +181,12 @@ def _check_burst(responses, before, after):
     return len(served), len(refused)
 
 
-CAPPED = {"creator_concurrency": 2, "creator_queue_size": 4, "creator_max_wait_seconds": 1.0}
+CAPPED = {
+    "creator_concurrency": 2,
+    "creator_concurrency_ceiling": 2,
+    "creator_queue_size": 4,
+    "creator_max_wait_seconds": 1.0,
+}
 
 
 async def test_concurrency_cap_of_two_holds_end_to_end(

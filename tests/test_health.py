@@ -7,8 +7,10 @@ from instant402.app import create_app
 
 async def test_healthz_and_readyz(client):
     assert (await client.get("/healthz")).json() == {"status": "ok"}
+    # The test app's facilitator (the public one) is not reachable here and its catalog is empty: not ready.
     r = await client.get("/readyz")
-    assert r.status_code == 200
+    assert r.status_code == 503 and r.json()["checks"]["database"] == "ok"
+    assert {"facilitator", "catalog"} <= set(r.json()["failing"])
 
 
 async def test_readyz_fails_when_database_is_down(settings, tmp_path):

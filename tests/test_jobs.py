@@ -333,3 +333,26 @@ async def test_buyer_cli_follows_a_long_run_to_its_result(open_market, catalog, 
         assert report.result["output"]["type"] == "image"
         assert report.receipt["transaction"] == report.result["receipt"]["transaction"]
         assert market.devnet.balance_of(buyer.address) == before - PRICE
+
+
+def test_worker_process_logs_with_keys_masked(settings, capfd, monkeypatch):
+    """`instant402 worker` sets up logging: its lines reach stderr, and a key in an error is masked."""
+    import logging
+
+    from instant402.sales import worker
+
+    key = "sk-or-v1-" + "ab" * 32
+
+    async def fail_once(self, stop):
+        worker.log.error("upstream refused key %s", key)
+
+    monkeypatch.setattr(worker.JobRunner, "run_until", fail_once)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        worker.run_worker(settings)
+    finally:
+        root.handlers[:], root.level = handlers, level
+    err = capfd.readouterr().err
+    assert "job worker" in err and "started" in err
+    assert "upstream refused key" in err and key not in err

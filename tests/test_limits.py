@@ -74,7 +74,7 @@ async def run_capped_calls(emulator, settings, limiters, policy: CapacityPolicy,
 
 
 async def test_memory_cap_of_two_holds_with_ten_calls(emulator, limits_settings):
-    policy = CapacityPolicy(limit=2, queue_size=10, max_wait=30, retry_after=3)
+    policy = CapacityPolicy(limit=2, queue_size=10, max_wait=30, retry_after=3, ceiling=2)  # a fixed cap
     results, stats = await run_capped_calls(emulator, limits_settings, [MemoryConcurrencyLimiter()], policy)
     assert stats["total_calls"] == 10 and stats["max_in_flight"] == 2
     assert all(not isinstance(r, OverCapacity) for r in results)
@@ -83,7 +83,7 @@ async def test_memory_cap_of_two_holds_with_ten_calls(emulator, limits_settings)
 async def test_redis_cap_of_two_holds_across_two_limiters(emulator, limits_settings, redis_clients):
     a, b, prefix = redis_clients
     limiters = [RedisConcurrencyLimiter(a, prefix=prefix), RedisConcurrencyLimiter(b, prefix=prefix)]
-    policy = CapacityPolicy(limit=2, queue_size=10, max_wait=30, retry_after=3)
+    policy = CapacityPolicy(limit=2, queue_size=10, max_wait=30, retry_after=3, ceiling=2)  # a fixed cap
     results, stats = await run_capped_calls(emulator, limits_settings, limiters, policy)
     assert stats["total_calls"] == 10 and stats["max_in_flight"] == 2
     assert all(not isinstance(r, OverCapacity) for r in results)

@@ -306,16 +306,12 @@ async def test_debug_logs_hold_no_key_and_no_system_prompt(market, catalog, buye
 
 
 async def test_a_failing_record_after_settlement_still_delivers(market, catalog, buyer, monkeypatch):
-    from instant402.sales import core as paid_call
+    from instant402.sales import settlement
 
-    real = paid_call.finish_usage
+    async def broken(*args, **kwargs):
+        raise RuntimeError("database went away")
 
-    async def broken(rt, usage_id, outcome, **fields):
-        if fields.get("status") == "succeeded":
-            raise RuntimeError("database went away")
-        return await real(rt, usage_id, outcome, **fields)
-
-    monkeypatch.setattr(paid_call, "finish_usage", broken)
+    monkeypatch.setattr(settlement, "mark_settled", broken)
     seller = market.seller()
     res = market.publish(seller)
     before = market.devnet.balance_of(buyer.address)

@@ -309,3 +309,23 @@ async def test_an_oversized_integer_in_the_body_is_a_400_not_a_500(market, catal
     async with httpx.AsyncClient(timeout=30) as http:
         r = await http.post(res["url"], content=body, headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "malformed_json"
+
+
+async def test_paid_call_outcomes_are_counted_for_the_operator(market, catalog, devnet, database):
+    def count(outcome: str, resource: str) -> float:
+        text = httpx.get(market.url + "/metrics").text
+        line = f'instant402_paid_calls_total{{outcome="{outcome}",resource="{resource}"}}'
+        found = [ln for ln in text.splitlines() if ln.startswith(line)]
+        return float(found[0].split()[-1]) if found else 0.0
+
+    seller = market.seller()
+    res = market.publish(seller)
+    name = res["path"].strip("/")
+    buyer = devnet.new_account(usdc=100_000)
+    headers = await _signed(market, buyer, res["url"], {"topic": "counted"})
+    async with httpx.AsyncClient(timeout=30) as http:
+        await http.post(res["url"], json={"topic": "counted"}, headers=headers)
+        await http.post(res["url"], json={"topic": "counted"}, headers=headers)
+    assert count("quoted", name) >= 1
+    assert count("settled", name) == 1
+    assert count("redelivered", name) == 1

@@ -204,6 +204,23 @@ async def test_publish_rechecks_the_model(client, app, make_creator, database):
     assert r.status_code == 422 and "model_id" in error_of(r)["details"]["fields"]
 
 
+@pytest.mark.parametrize("modality", ["embedding", "audio", "video"])
+async def test_models_that_cannot_chat_are_refused_at_save_and_publish(client, app, make_creator, database, modality):
+    creator = await make_creator(payout_address=PAYOUT)
+    await give_key(app, creator)
+    await set_model(database, "acme/text-2", modality=modality)
+    r = await client.post(API, json=good(model_id="acme/text-2"), headers=creator.headers)
+    assert r.status_code == 422 and "cannot answer a chat completion" in error_of(r)["details"]["fields"]["model_id"]
+    r = await client.post(API, json=good(fallback_model_ids=["acme/text-2"]), headers=creator.headers)
+    assert r.status_code == 422 and "fallback_model_ids.0" in error_of(r)["details"]["fields"]
+    assert await resource_count(database) == 0
+    # Saved while its model still answered chat; the catalog then says otherwise: publishing refuses.
+    rid = (await client.post(API, json=good(), headers=creator.headers)).json()["id"]
+    await set_model(database, "acme/text-1", modality=modality)
+    r = await client.post(f"{API}/{rid}/publish", headers=creator.headers)
+    assert r.status_code == 422 and "model_id" in error_of(r)["details"]["fields"]
+
+
 async def test_update_validates_the_merged_definition(client, make_creator):
     creator = await make_creator()
     created = (await client.post(API, json=good(), headers=creator.headers)).json()

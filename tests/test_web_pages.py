@@ -328,3 +328,30 @@ async def test_forms_need_their_csrf_token(app, web_app):
     for path in ("/settings/payout", "/settings/tokens", "/resources/new", "/settings/key"):
         r = await user.http.post(path, data={"token_name": "x", "payout_address": PAYOUT})
         assert r.status_code == 403, path
+
+
+async def test_sandbox_settings_offer_the_sandbox_key(app, settings, emulator, tmp_path):
+    from instant402.config import Mode
+    from instant402.sandbox.demo import sandbox_openrouter_key
+
+    key = sandbox_openrouter_key(tmp_path)
+    emulator.add_key(key, limit="25")
+    sandbox = create_app(
+        settings.model_copy(
+            update={"mode": Mode.sandbox, "data_dir": tmp_path, "openrouter_base_url": emulator.base_url}
+        )
+    )
+    user = await sign_up(sandbox)
+    page = await user.get("/settings")
+    assert "Use the sandbox key" in page.text and key not in page.text
+    r = await user.post("/settings/key/sandbox", {}, page="/settings")
+    assert r.status_code == 200 and "verified" in r.text and key not in r.text and key[-4:] in r.text
+    await sandbox.state.db.dispose()
+
+
+async def test_sandbox_key_button_is_sandbox_only(app, web_app):
+    user = await sign_up(web_app)
+    page = await user.get("/settings")
+    assert page.status_code == 200 and "Use the sandbox key" not in page.text
+    r = await user.post("/settings/key/sandbox", {}, page="/settings")
+    assert r.status_code == 404

@@ -111,6 +111,22 @@ async def test_call_declined_pays_nothing(devnet, served):
     assert devnet.balance_of(payee.address) == before_payee
 
 
+@pytest.mark.parametrize("extra", [["--yes"], []])
+def test_max_price_is_a_hard_ceiling_even_with_yes(devnet, served, monkeypatch, extra):
+    url, payee = served
+    buyer = devnet.new_account(usdc=50_000)
+    before_payee = devnet.balance_of(payee.address)
+    monkeypatch.setenv("INSTANT402_BUYER_PRIVATE_KEY", buyer.private_key)
+    result = CliRunner().invoke(
+        cli_app, ["call", "alice/echo", "--url", url, "--max-price", "0.01", *extra], input="y\n"
+    )
+    assert result.exit_code == 3, result.output  # the price (0.012345) is above the ceiling: nothing signed
+    assert "not paid" in result.output
+    assert "Pay?" not in result.output
+    assert devnet.balance_of(buyer.address) == 50_000
+    assert devnet.balance_of(payee.address) == before_payee
+
+
 def test_cli_command_with_env_key_yes_and_json(devnet, served, monkeypatch, tmp_path):
     url, payee = served
     buyer = devnet.new_account(usdc=50_000)

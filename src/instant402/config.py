@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -54,9 +54,12 @@ class Settings(BaseSettings):
     upstream_max_attempts: int = 3  # attempts per model for transient failures, before the next fallback model
     upstream_backoff_base_seconds: float = 0.5  # exponential backoff with full jitter: base * 2^n, capped below
     upstream_backoff_max_seconds: float = 8.0
-    # Execution limits: in-flight upstream calls per creator, with a bounded wait queue.
+    # Execution limits: in-flight upstream calls per creator, adapting to the upstream (grows on answers, shrinks on
+    # 429s) between floor and ceiling; it starts from what the key reports, else from creator_concurrency.
     creator_concurrency: int = 8
-    creator_queue_size: int = 16
+    creator_concurrency_floor: int = 1
+    creator_concurrency_ceiling: int = 64
+    creator_queue_size: int = 1000  # waiters per creator at most (a memory guard: waits end at the max wait)
     creator_max_wait_seconds: float = 5.0
     capacity_retry_after_seconds: int = 5  # Retry-After sent with "over capacity" 503s
     concurrency_lease_seconds: float = 60.0  # Redis slot lease, renewed while held; frees slots of crashed processes
@@ -92,6 +95,27 @@ class Settings(BaseSettings):
     min_run_seconds: int = 10  # a payment must stay valid this long beyond the settle margin to be accepted
     reconcile_seconds: float = 30.0  # how often job runners resolve pending settlements and expire kept results
 
+    # Operations: outages, metrics, readiness.
+    facilitator_retry_seconds: float = 5.0  # after a facilitator failure, paid calls answer 503 this long
+    outage_retry_after_seconds: int = 5  # Retry-After of 503s for an unreachable database or Redis
+    metrics_token: str | None = Field(default=None, repr=False)  # when set, GET /metrics needs "Bearer <token>"
+    access_log: bool | None = None  # one line per request; None: on in production (JSON logs)
+    readyz_facilitator_cache_seconds: float = 10.0  # how long /readyz trusts its last facilitator /supported answer
+
+    # Hardening.
+    max_body_bytes: int = 1_048_576  # largest request body any other route reads (refused with 413 while reading)
+    # Reverse proxies (comma-separated addresses or CIDR networks) whose X-Forwarded-For/-Proto are believed; empty:
+    # none, the client address is the TCP peer's. Per-IP limits and the login back-off key on that address.
+    trusted_proxies: str = ""
+
+    @model_validator(mode="after")
+    def _public_url_follows_the_listener(self) -> Settings:
+        """Without INSTANT402_PUBLIC_URL, resource URLs name the host and port the server listens on."""
+        if "public_url" not in self.model_fields_set:
+            host = "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host
+            self.public_url = f"http://{host}:{self.port}"
+        return self
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -107,6 +131,12 @@ class Settings(BaseSettings):
         if self.cookie_secure is not None:
             return self.cookie_secure
         return self.public_url.startswith("https://")
+
+    @property
+    def uvicorn_proxy_options(self) -> dict:
+        """uvicorn's forwarded-header handling, following ``trusted_proxies`` (its default trusts 127.0.0.1)."""
+        proxies = ",".join(p.strip() for p in self.trusted_proxies.split(",") if p.strip())
+        return {"proxy_headers": bool(proxies), "forwarded_allow_ips": proxies or ""}
 
     @property
     def json_logs(self) -> bool:

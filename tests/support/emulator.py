@@ -25,9 +25,19 @@ class EmulatorHandle:
         response.raise_for_status()
         return response
 
-    def add_key(self, key: str, limit: Decimal | str | float | None = None, label: str | None = None) -> dict:
-        body = {"key": key, "limit": None if limit is None else str(limit), "label": label}
+    def add_key(
+        self,
+        key: str,
+        limit: Decimal | str | float | None = None,
+        label: str | None = None,
+        concurrency: int | None = None,
+    ) -> dict:
+        """``concurrency``: calls of this key in flight above it are answered 429."""
+        body = {"key": key, "limit": None if limit is None else str(limit), "label": label, "concurrency": concurrency}
         return self._ok(self._http.post("/keys", json=body)).json()
+
+    def set_concurrency(self, key: str, concurrency: int | None) -> dict:
+        return self._ok(self._http.patch(f"/keys/{key}", json={"concurrency": concurrency})).json()
 
     def top_up(self, key: str, limit: Decimal | str | float | None) -> dict:
         """Set the key's credit limit (None = unlimited)."""

@@ -50,7 +50,8 @@ class WebSession(Base):
 
 
 class LoginThrottle(Base):
-    """Failed logins per account ("user:<name>") and per client address ("ip:<addr>")."""
+    """Failed logins per account ("account:<id>"; "login:<name>" for names of no account) and per client address
+    ("ip:<addr>")."""
 
     __tablename__ = "login_throttles"
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from instant402.accounts import service
-from instant402.accounts.auth import SESSION_COOKIE, current_user
+from instant402.accounts.auth import SESSION_COOKIE, current_user, identify
 from instant402.accounts.models import User
 from instant402.accounts.schemas import (
     LoginIn,
@@ -21,7 +21,7 @@ from instant402.accounts.schemas import (
     user_out,
 )
 from instant402.config import Settings
-from instant402.deps import client_ip, get_db, get_settings
+from instant402.deps import Id, client_ip, get_db, get_settings
 
 router = APIRouter(prefix="/api/v1", tags=["accounts"])
 
@@ -73,6 +73,7 @@ async def login(
 
 @router.post("/auth/logout", status_code=204)
 async def logout(request: Request, response: Response, db: AsyncSession = Depends(get_db)):
+    await identify(request, db)  # a live session cookie must come with its CSRF token, as for any change (403)
     if token := request.cookies.get(SESSION_COOKIE):
         await service.end_session(db, token)
     response.delete_cookie(SESSION_COOKIE, path="/")
@@ -102,6 +103,6 @@ async def new_token(body: TokenIn, user: User = Depends(current_user), db: Async
 
 
 @router.delete("/me/tokens/{token_id}", status_code=204)
-async def revoke(token_id: int, user: User = Depends(current_user), db: AsyncSession = Depends(get_db)):
+async def revoke(token_id: Id, user: User = Depends(current_user), db: AsyncSession = Depends(get_db)):
     await service.revoke_token(db, user, token_id)
     return Response(status_code=204)

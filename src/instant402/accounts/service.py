@@ -152,7 +152,10 @@ async def authenticate(db: AsyncSession, settings: Settings, login: str, passwor
     """Check a username-or-email and password, with per-account and per-address back-off."""
     now = utcnow()
     login = login.strip().lower()
-    keys = [f"user:{login}"[:300], f"ip:{client_ip}"[:300]]
+    user = (await db.execute(select(User).where(or_(User.username == login, User.email == login)))).scalar_one_or_none()
+    # One ladder per account, whichever of its names is typed; unknown names get one each.
+    account = f"account:{user.id}" if user else f"login:{login}"[:300]
+    keys = [account, f"ip:{client_ip}"[:300]]
     if wait := await _throttle_wait(db, keys, now):
         raise ApiError(
             429,
@@ -161,7 +164,6 @@ async def authenticate(db: AsyncSession, settings: Settings, login: str, passwor
             {"retry_after": wait},
             headers={"Retry-After": str(wait)},
         )
-    user = (await db.execute(select(User).where(or_(User.username == login, User.email == login)))).scalar_one_or_none()
     ok = check_password(user.password_hash if user else _DUMMY_HASH, password)
     if not (user and ok):
         await _record_failure(db, settings, keys, now)

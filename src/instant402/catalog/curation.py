@@ -59,8 +59,14 @@ def _check_id(model_id: str) -> str:
 async def add_curated(db: AsyncSession, model_id: str) -> CuratedModel:
     """Append a catalog model to the curated list; commits."""
     model_id = _check_id(model_id)
-    if await db.get(CatalogModel, model_id) is None:
+    model = await db.get(CatalogModel, model_id)
+    if model is None:
         raise ApiError(404, "model_not_found", f"The catalog has no model {model_id!r}.", {"model_id": model_id})
+    if not model.answers_chat:
+        message = (
+            f"{model_id} is a {model.modality} model: it cannot answer a chat completion, so no resource can use it."
+        )
+        raise ApiError(422, "model_not_chat", message, {"model_id": model_id})
     if await db.get(CuratedModel, model_id) is not None:
         raise ApiError(409, "already_curated", f"{model_id} is already in the curated list.", {"model_id": model_id})
     last = (await db.execute(select(func.max(CuratedModel.position)))).scalar_one()

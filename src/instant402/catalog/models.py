@@ -10,7 +10,7 @@ from sqlalchemy import JSON, BigInteger, Boolean, Date, ForeignKey, Index, Integ
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column, relationship, selectinload
 
-from instant402.catalog.parse import price_per_million
+from instant402.catalog.parse import CHAT_MODALITIES, price_per_million
 from instant402.db.base import Base, BigIntPK, ExactDecimal, UTCDateTime, utcnow
 
 __all__ = [
@@ -112,6 +112,11 @@ class CatalogModel(Base):
     # OpenRouter's JSON lives in its own table: searches scan narrow rows (SQLite keeps big values inline). Loaded
     # only when asked for (``get_model(..., with_raw=True)``): every resource load joins its model.
     raw_row: Mapped[CatalogModelRaw | None] = relationship(lazy="raise", uselist=False, passive_deletes=True)
+
+    @property
+    def answers_chat(self) -> bool:
+        """Whether a chat completion can run on this model (what every resource needs)."""
+        return self.modality in CHAT_MODALITIES
 
     @property
     def raw(self) -> dict[str, Any]:

@@ -12,6 +12,9 @@ from typing import Any
 
 MILLION = Decimal(1_000_000)
 MODALITIES = ("text", "image", "audio", "video", "embedding", "multimodal")
+# Models whose output includes text or images answer a chat completion; embedding, rerank, speech, transcription
+# and video models need other endpoints, so a resource can never run on them.
+CHAT_MODALITIES = ("text", "image", "multimodal")
 
 # OpenRouter output kinds -> the catalog's coarse modality.
 _OUTPUT_KIND = {

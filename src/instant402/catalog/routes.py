@@ -14,7 +14,16 @@ from instant402.accounts.auth import current_admin
 from instant402.catalog import curation
 from instant402.catalog.models import CatalogModel, get_model
 from instant402.catalog.parse import format_decimal, price_per_million
-from instant402.catalog.search import FLAGS, ModelQuery, parse_price_filter, provider_exists, search_models
+from instant402.catalog.search import (
+    FLAGS,
+    MAX_CONTEXT,
+    MAX_PAGE,
+    MAX_PER_PAGE,
+    ModelQuery,
+    parse_price_filter,
+    provider_exists,
+    search_models,
+)
 from instant402.catalog.sync import recent_runs, sync_catalog
 from instant402.deps import get_db, public_rate_limit
 from instant402.errors import ApiError, field_error, not_found
@@ -31,6 +40,7 @@ _LIST_PARAMS = {
     "max_completion_price",
     "min_context",
     "include_inactive",
+    "chat",
     "sort",
     "page",
     "per_page",
@@ -98,11 +108,12 @@ async def list_models(
     free: bool | None = None,
     max_prompt_price: str | None = Query(None, description="Highest prompt price, USD per 1M tokens."),
     max_completion_price: str | None = Query(None, description="Highest completion price, USD per 1M tokens."),
-    min_context: int | None = Query(None, description="Smallest context length in tokens."),
+    min_context: int | None = Query(None, ge=0, le=MAX_CONTEXT, description="Smallest context length in tokens."),
     include_inactive: bool = False,
+    chat: bool = Query(False, description="Only models that answer chat completions (what a resource can run on)."),
     sort: str = Query("curated", description="curated, name, prompt_price, completion_price, context, newest."),
-    page: int = 1,
-    per_page: int = 20,
+    page: int = Query(1, ge=1, le=MAX_PAGE),
+    per_page: int = Query(20, ge=1, le=MAX_PER_PAGE),
     db: AsyncSession = Depends(get_db),
 ):
     """Search the catalog. Curated models come first by default."""
@@ -123,6 +134,7 @@ async def list_models(
         max_completion_price=parse_price_filter("max_completion_price", max_completion_price),
         min_context=min_context,
         include_inactive=include_inactive,
+        chat_only=chat,
         sort=sort,
         page=page,
         per_page=per_page,

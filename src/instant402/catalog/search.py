@@ -11,7 +11,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from instant402.catalog.models import CatalogModel, CuratedModel
-from instant402.catalog.parse import MILLION, MODALITIES
+from instant402.catalog.parse import CHAT_MODALITIES, MILLION, MODALITIES
 from instant402.errors import field_error
 
 SORTS = ("curated", "name", "prompt_price", "completion_price", "context", "newest")
@@ -19,6 +19,8 @@ INPUT_MODALITIES = ("text", "image", "audio", "video", "file")
 MAX_QUERY_LENGTH = 200
 MAX_TERMS = 10
 MAX_PER_PAGE = 100
+MAX_CONTEXT = 2**31 - 1  # the column is a (32-bit on PostgreSQL) INTEGER
+MAX_PAGE = 100_000  # far past any catalog; keeps the offset within the database's integers
 MAX_PRICE_PER_MILLION = Decimal(1_000_000)  # USD per 1M tokens; beyond this a filter is a typo
 
 # Capability flag name in the API -> column.
@@ -43,6 +45,7 @@ class ModelQuery:
     max_completion_price: Decimal | None = None
     min_context: int | None = None
     include_inactive: bool = False
+    chat_only: bool = False  # only models a resource can run on (see CHAT_MODALITIES)
     sort: str = "curated"
     page: int = 1
     per_page: int = 20
@@ -92,10 +95,10 @@ def validate(query: ModelQuery) -> ModelQuery:
         raise field_error("input_modality", f"Unknown input modality; use one of: {', '.join(INPUT_MODALITIES)}.")
     if query.sort not in SORTS:
         raise field_error("sort", f"Unknown sort; use one of: {', '.join(SORTS)}.")
-    if query.min_context is not None and query.min_context < 0:
-        raise field_error("min_context", "Give a context length of 0 or more tokens.")
-    if query.page < 1:
-        raise field_error("page", "Pages start at 1.")
+    if query.min_context is not None and not 0 <= query.min_context <= MAX_CONTEXT:
+        raise field_error("min_context", "Give a context length of 0 or more tokens (below 2^31).")
+    if not 1 <= query.page <= MAX_PAGE:
+        raise field_error("page", f"Pages go from 1 to {MAX_PAGE}.")
     if not 1 <= query.per_page <= MAX_PER_PAGE:
         raise field_error("per_page", f"Give 1 to {MAX_PER_PAGE} models per page.")
     return query
@@ -128,6 +131,8 @@ def _filtered(query: ModelQuery) -> list:
     # see the value, then walks the wrong index. Rendered by SQLAlchemy as escaped literals.
     if query.modality:
         conditions.append(CatalogModel.modality == bindparam(None, query.modality, literal_execute=True))
+    if query.chat_only:
+        conditions.append(CatalogModel.modality.in_(CHAT_MODALITIES))
     if query.provider:
         conditions.append(CatalogModel.provider == bindparam(None, query.provider.lower(), literal_execute=True))
     for name, wanted in (query.flags or {}).items():

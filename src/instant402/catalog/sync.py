@@ -19,6 +19,7 @@ from instant402.catalog.models import CatalogLock, CatalogModel, CatalogModelRaw
 from instant402.catalog.parse import PRICE_FIELDS, InvalidModel, format_decimal, parse_model, provider_display_names
 from instant402.db import Database
 from instant402.db.base import utcnow
+from instant402.ops import metrics
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,7 @@ async def sync_catalog(
             report.finished_at = utcnow()
             await _record_run(database, report)
             log.warning("catalog sync failed: %s", report.error)
+        metrics.catalog_sync(report.status)
         return report
     finally:
         await _release_lock(database, holder)

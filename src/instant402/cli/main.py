@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
+import os
 from pathlib import Path
 
 import typer
@@ -31,17 +32,41 @@ def serve(
     """Run the web server (production settings from the environment)."""
     import uvicorn
 
+    # The app factory (in every worker process) reads settings from the environment: pass the listener on.
+    if host:
+        os.environ["INSTANT402_HOST"] = host
+    if port:
+        os.environ["INSTANT402_PORT"] = str(port)
     settings = load_settings()
     require_vault(settings)  # a clear error (and exit 2) instead of a traceback when master keys are missing
+    problem = public_url_mismatch(settings)
+    if problem:
+        typer.echo(f"warning: {problem}", err=True)
+    typer.echo(f"serving on {settings.host}:{settings.port}; resource URLs start with {settings.public_url}", err=True)
     uvicorn.run(
         "instant402.app:create_app",
         factory=True,
-        host=host or settings.host,
-        port=port or settings.port,
+        host=settings.host,
+        port=settings.port,
         workers=workers,
         access_log=False,
-        proxy_headers=True,
+        **settings.uvicorn_proxy_options,
     )
+
+
+def public_url_mismatch(settings) -> str | None:
+    """A public URL on this machine whose port is not the one the server listens on (buyers would miss it)."""
+    from urllib.parse import urlsplit
+
+    url = urlsplit(settings.public_url)
+    local = {"127.0.0.1", "localhost", "::1", "0.0.0.0", settings.host}
+    port = url.port or (443 if url.scheme == "https" else 80)
+    if url.hostname in local and port != settings.port:
+        return (
+            f"INSTANT402_PUBLIC_URL ({settings.public_url}) names port {port} but the server listens on "
+            f"{settings.port}: resource URLs and payment requirements will point at the wrong port"
+        )
+    return None
 
 
 @app.command()
@@ -85,11 +110,9 @@ def call(
     url: str = typer.Option(None, help="Server base URL (default INSTANT402_PUBLIC_URL)."),
     key_file: Path = typer.Option(None, help="File with the buyer's key (default INSTANT402_BUYER_PRIVATE_KEY)."),
     max_price: str = typer.Option(
-        None,
-        help="Pay without asking when the price (a metered resource's maximum) is at most this many USD; "
-        "never pay above it.",
+        None, help="Never pay more than this many USD (a metered resource: its maximum); pay without asking within it."
     ),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Pay without asking."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Pay without asking (never above --max-price)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
     """Pay for one call of a resource with x402 and print the answer and the receipt."""
@@ -135,16 +158,26 @@ def call(
 def db_upgrade(revision: str = typer.Argument("head", help="Target revision.")):
     """Apply migrations up to REVISION (default: the newest)."""
     from instant402.db import Database
+    from instant402.db import errors as db_errors
     from instant402.db.migrate import upgrade
 
+    settings = load_settings()
+
     async def _go():
-        db = Database(load_settings())
+        db = Database(settings)
         try:
             await upgrade(db.engine, revision)
         finally:
             await db.dispose()
 
-    asyncio.run(_go())
+    try:
+        asyncio.run(_go())
+    except Exception as exc:
+        if not db_errors.unreachable(exc):
+            raise
+        # One line that says what to do, instead of the driver's traceback.
+        typer.echo(f"error: {db_errors.explain(settings.resolved_database_url, exc)}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"database at {revision}")
 
 

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 
 from sqlalchemy import event, make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -11,13 +14,27 @@ from instant402.config import Settings
 from instant402.db import sqlite_loop
 
 
+def make_private(data_dir: Path, database: Path | None) -> None:
+    """The data dir 0700 and the SQLite files 0600, like the master-key file: they hold hidden prompts and session
+    hashes. SQLite creates its -wal and -shm files with the database file's mode, so that one is made first."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    data_dir.chmod(data_dir.stat().st_mode & 0o700)  # an older install's 0755 directory too
+    if database is None:
+        return
+    os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(f"{database}{suffix}", 0o600)
+
+
 def make_engine(settings: Settings) -> AsyncEngine:
     url = settings.resolved_database_url
     if url.startswith("sqlite"):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
         path = make_url(url).database
+        on_disk = bool(path) and path != ":memory:"
+        make_private(settings.data_dir, Path(path) if on_disk else None)
         wait_seconds = sqlite_loop.BUSY_TIMEOUT_MS / 1000
-        if path and path != ":memory:":
+        if on_disk:
             engine = create_async_engine(url, async_creator=partial(sqlite_loop.connect, path, timeout=wait_seconds))
         else:
             engine = create_async_engine(url, connect_args={"timeout": wait_seconds})

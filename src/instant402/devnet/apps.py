@@ -45,6 +45,10 @@ def _rpc_call(devnet: Devnet, request: dict[str, Any]) -> dict[str, Any]:
     method, params = request.get("method"), request.get("params") or []
     if not isinstance(method, str):
         return {"jsonrpc": "2.0", "id": req_id, "error": {"code": -32600, "message": "Invalid request"}}
+    # JSON-RPC allows one log-filter address as a plain string; web3's tester path only reads a list.
+    query = params[0] if method in ("eth_getLogs", "eth_newFilter") and params else None
+    if isinstance(query, dict) and isinstance(query.get("address"), str):
+        params = [{**query, "address": [query["address"]]}, *params[1:]]
     try:
         # Through web3's provider middleware, which turns JSON-RPC inputs into eth-tester calls.
         response = devnet.w3.manager._make_request(method, params)

@@ -91,6 +91,10 @@ class Emulator:
         label = key.label if key is not None else None
         call = self.state.call_started(requested if isinstance(requested, str) else None, label, stream)
         try:
+            if error is None and self.state.over_concurrency(key):
+                call["fault"] = "concurrency"
+                # OpenRouter's TooManyRequestsResponse (its OpenAPI example), without Retry-After.
+                error = error_response(429, "Rate limit exceeded", {"error_type": "rate_limit_exceeded"})
             if error is not None:
                 self.state.call_ended(call, error.status_code)
                 return error
@@ -394,9 +398,12 @@ def _mid_error(fault: Fault, info: ModelInfo) -> dict:
     }
 
 
-def create_emulator_app(catalog_path: Path | None = None, *, control: bool = False) -> Starlette:
-    """The emulator as an ASGI app; ``control=True`` mounts the `/_emulator/` scripting API."""
-    emulator = Emulator(Catalog.load(catalog_path), EmulatorState())
+def create_emulator_app(
+    catalog_path: Path | None = None, *, control: bool = False, keys_file: Path | None = None
+) -> Starlette:
+    """The emulator as an ASGI app; ``control=True`` mounts the `/_emulator/` scripting API; keys registered there
+    are kept in ``keys_file`` when given (so they survive a restart)."""
+    emulator = Emulator(Catalog.load(catalog_path), EmulatorState(keys_file))
     routes = [
         Route(f"{API}/models", emulator.models, methods=["GET"]),
         Route(f"{API}/key", emulator.key, methods=["GET"]),

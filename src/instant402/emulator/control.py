@@ -72,7 +72,12 @@ def control_routes(state: EmulatorState) -> list[Route]:
         label = body.get("label")
         if label is not None and not isinstance(label, str):
             return _problem("label must be a string")
-        created = state.add_key(key.strip(), limit, label, bool(body.get("is_free_tier", False)))
+        try:
+            concurrency = _optional_int(body, "concurrency", 1)
+        except ValueError as err:
+            return _problem(str(err))
+        created = state.add_key(key.strip(), limit, label, bool(body.get("is_free_tier", False)), concurrency)
+        state.save_keys()
         return _json(created.control_view(), 201)
 
     async def list_keys(request: Request) -> Response:
@@ -94,13 +99,20 @@ def control_routes(state: EmulatorState) -> list[Route]:
                 key.usage = _decimal(body["usage"])
         except ValueError:
             return _problem("limit, add and usage must be non-negative amounts")
+        if "concurrency" in body:
+            try:
+                key.concurrency = _optional_int(body, "concurrency", 1)
+            except ValueError as err:
+                return _problem(str(err))
         if "is_free_tier" in body:
             key.is_free_tier = bool(body["is_free_tier"])
+        state.save_keys()
         return _json(key.control_view())
 
     async def delete_key(request: Request) -> Response:
         if state.keys.pop(request.path_params["key"], None) is None:
             return _problem("unknown key", 404)
+        state.save_keys()
         return Response(status_code=204)
 
     async def add_fault(request: Request) -> Response:

@@ -1,12 +1,14 @@
-"""In-memory state of one emulator: keys and their credit, scripted faults, the call log and counters."""
+"""State of one emulator: keys and their credit (optionally kept in a file), scripted faults, the call log, counters."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 
 FAULT_KINDS = ("http", "latency", "stream_error", "finish_error", "malformed", "empty")
 FAULT_STATUSES = (400, 401, 402, 403, 404, 408, 413, 422, 429, 500, 502, 503, 524, 529)
@@ -27,6 +29,7 @@ class KeyState:
     limit: Decimal | None = None
     usage: Decimal = Decimal(0)
     is_free_tier: bool = False
+    concurrency: int | None = None  # calls in flight above this answer 429 (None: no limit)
     created_at: float = field(default_factory=time.time)
 
     @property
@@ -67,6 +70,7 @@ class KeyState:
             "usage": str(self.usage),
             "limit_remaining": None if remaining is None else str(remaining),
             "is_free_tier": self.is_free_tier,
+            "concurrency": self.concurrency,
         }
 
 
@@ -112,8 +116,9 @@ class Fault:
 class EmulatorState:
     """Everything mutable; single event loop, so plain attributes are safe."""
 
-    def __init__(self) -> None:
+    def __init__(self, keys_file: Path | None = None) -> None:
         self.keys: dict[str, KeyState] = {}
+        self.keys_file = keys_file  # where keys and their credit are kept across restarts (the sandbox's data dir)
         self.faults: list[Fault] = []
         self._fault_ids = itertools.count(1)
         self._call_ids = itertools.count(1)
@@ -121,12 +126,47 @@ class EmulatorState:
         self.in_flight = 0
         self.in_flight_by_label: dict[str, int] = {}
         self.reset_stats()
+        self.load_keys()
 
     # keys
+    def load_keys(self) -> None:
+        if self.keys_file is None or not self.keys_file.exists():
+            return
+        for entry in json.loads(self.keys_file.read_text()):
+            limit = None if entry.get("limit") is None else Decimal(entry["limit"])
+            state = self.add_key(entry["key"], limit, entry.get("label"), bool(entry.get("is_free_tier")))
+            state.usage = Decimal(entry.get("usage") or 0)
+
+    def save_keys(self) -> None:
+        """Write the keys to ``keys_file`` (owner-only), when there is one; called after every key change."""
+        if self.keys_file is None:
+            return
+        entries = [
+            {
+                "key": k.key,
+                "label": k.label,
+                "limit": None if k.limit is None else str(k.limit),
+                "usage": str(k.usage),
+                "is_free_tier": k.is_free_tier,
+            }
+            for k in self.keys.values()
+        ]
+        tmp = self.keys_file.with_suffix(".tmp")
+        tmp.touch(mode=0o600)
+        tmp.write_text(json.dumps(entries, indent=1) + "\n")
+        tmp.replace(self.keys_file)
+
     def add_key(
-        self, key: str, limit: Decimal | None = None, label: str | None = None, is_free_tier: bool = False
+        self,
+        key: str,
+        limit: Decimal | None = None,
+        label: str | None = None,
+        is_free_tier: bool = False,
+        concurrency: int | None = None,
     ) -> KeyState:
-        state = KeyState(key=key, label=label or mask_key(key), limit=limit, is_free_tier=is_free_tier)
+        state = KeyState(
+            key=key, label=label or mask_key(key), limit=limit, is_free_tier=is_free_tier, concurrency=concurrency
+        )
         self.keys[key] = state
         return state
 
@@ -165,6 +205,7 @@ class EmulatorState:
         self.calls_by_label: dict[str, int] = {}
         self.total_calls = 0
         self.by_status: dict[int, int] = {}
+        self.throttled_by_label: dict[str, int] = {}  # 429s for going over a key's concurrency limit
 
     def call_started(self, model_requested: str | None, key_label: str | None, stream: bool) -> dict:
         self.in_flight += 1
@@ -190,6 +231,13 @@ class EmulatorState:
         self.calls.append(call)
         return call
 
+    def over_concurrency(self, key: KeyState) -> bool:
+        """Whether a call just started goes over its key's concurrency limit (then it is answered 429)."""
+        if key.concurrency is None or self.in_flight_by_label.get(key.label, 0) <= key.concurrency:
+            return False
+        self.throttled_by_label[key.label] = self.throttled_by_label.get(key.label, 0) + 1
+        return True
+
     def call_ended(self, call: dict, status: int) -> None:
         if call["ended_at"] is not None:
             return
@@ -206,6 +254,7 @@ class EmulatorState:
             "total_calls": self.calls_by_label.get(label, 0),
             "in_flight": self.in_flight_by_label.get(label, 0),
             "max_in_flight": self.max_in_flight_by_label.get(label, 0),
+            "throttled": self.throttled_by_label.get(label, 0),
         }
 
     def stats(self) -> dict:

@@ -26,6 +26,7 @@ from instant402.errors import ApiError
 from instant402.execution import notify
 from instant402.execution.creator_limits import LimitsView, view_of
 from instant402.execution.models import CreatorLimits
+from instant402.ops import metrics
 from instant402.resources.estimate import worst_case_cost, worst_prompt_tokens
 from instant402.resources.lifecycle import pause_creator_resources, resume_creator_resources
 from instant402.resources.params import MAX_TOTAL_INPUT_CHARS, compiled, render_value
@@ -199,6 +200,7 @@ async def budget_reached(rt: Runtime, resource: AnyResource, limits: LimitsView)
             db, resource.owner_id, BUDGET, f"Daily upstream budget reached; resumes at {reset:%Y-%m-%d %H:%M} UTC."
         )
         await db.commit()
+    metrics.budget_paused()
     await notify.notify(
         rt,
         resource.owner_id,

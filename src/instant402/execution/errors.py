@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import Any
 
 from instant402.errors import ApiError
+from instant402.keys.redaction import redact
 
 
 class Category(StrEnum):
@@ -105,12 +106,16 @@ def failure(
     pause_kind: str | None = None,
     fallback_ok: bool | None = None,
 ) -> UpstreamFailure:
-    """Build a failure from a buyer code; transient failures may fall back unless told otherwise."""
+    """Build a failure from a buyer code; transient failures may fall back unless told otherwise.
+
+    The detail quotes upstream text, which the creator sees and the usage log stores: key-shaped text is masked here,
+    at the one place every failure is made.
+    """
     return UpstreamFailure(
         category=category,
         buyer_code=code,
         buyer_message=MESSAGES[code],
-        creator_detail=detail,
+        creator_detail=redact(detail),
         http_status_for_buyer=_STATUS[code],
         retry_after=retry_after,
         upstream_status=status,
@@ -147,7 +152,7 @@ def classify_error(
     code = error.get("code")
     if status is None and isinstance(code, int):
         status = code
-    message = str(error.get("message") or "")[:500]
+    message = redact(str(error.get("message") or ""))[:500]  # masked before the cut, so no key half survives
     metadata = error.get("metadata") if isinstance(error.get("metadata"), dict) else {}
     error_type = metadata.get("error_type")
     availability = error.get("availability") if isinstance(error.get("availability"), dict) else {}
@@ -200,7 +205,7 @@ def finish_error(model: str, body: dict) -> UpstreamFailure:
     """HTTP 200 whose choice ended with finish_reason "error": nothing usable, OpenRouter does not bill it."""
     choices = body.get("choices") or [{}]
     error = _error_dict(choices[0].get("error") if isinstance(choices[0], dict) else None)
-    message = str(error.get("message") or "")[:500]
+    message = redact(str(error.get("message") or ""))[:500]
     detail = f"OpenRouter answered 200 with finish_reason=error for model {model}" + (f": {message}" if message else "")
     return failure("upstream_error", Category.transient, detail, status=200, model=model)
 

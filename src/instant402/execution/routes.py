@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from instant402.accounts.auth import current_user
 from instant402.accounts.models import User
-from instant402.deps import get_db
+from instant402.deps import StrictBigId, get_db
 from instant402.errors import not_found
 from instant402.execution import budgets, jobs, notify
 from instant402.execution.media import EXTENSIONS, LocalMediaStore, MediaStore, local_media_store, parse_media_name
@@ -68,7 +68,7 @@ class LimitsPatch(BaseModel):
 class ReadBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    ids: list[int] | None = Field(None, max_length=500, description="Notices to mark read; null: all of them")
+    ids: list[StrictBigId] | None = Field(None, max_length=500, description="Notices to mark read; null: all of them")
 
 
 @router.get("/api/v1/me/limits", tags=["limits"], summary="Your per-call cost cap, daily budget and webhook")

@@ -26,8 +26,11 @@ from openai.types.chat import ChatCompletionChunk
 from instant402.config import Settings
 from instant402.execution import errors as E
 from instant402.execution.errors import Category, UpstreamFailure
+from instant402.execution.limits import observe_upstream
 from instant402.execution.media import MediaStore, local_media_store
 from instant402.execution.outputs import normalise
+from instant402.keys.redaction import redact
+from instant402.ops import metrics
 
 OutputKind = Literal["text", "json", "image"]
 _ZERO = Decimal(0)
@@ -152,12 +155,17 @@ class Upstream:
             if last is not None and time.monotonic() >= end:
                 break
             try:
-                return await self._run_model(client, auth, request, model, end, attempts)
+                completion = await self._run_model(client, auth, request, model, end, attempts)
             except UpstreamFailure as failure:
                 last = failure
                 if not failure.fallback_ok:
                     break
+            else:
+                _mask_key(attempts, api_key)
+                return completion
         assert last is not None
+        _mask_key(attempts, api_key)
+        last.creator_detail = redact(last.creator_detail, api_key)
         last.attempts = attempts
         raise last
 
@@ -193,6 +201,8 @@ class Upstream:
                     media=self.media,
                 )
             except UpstreamFailure as failure:
+                if failure.upstream_status == 429:  # the creator's concurrency limit shrinks before any retry
+                    await observe_upstream(True, until=end)
                 attempts.append(
                     Attempt(
                         model,
@@ -204,6 +214,8 @@ class Upstream:
                         failure.creator_detail,
                     )
                 )
+                a = attempts[-1]
+                metrics.upstream_attempt(model, a.status, a.category, a.ms / 1000)
                 if failure.buyer_code == "invalid_output":
                     if output_retry_used:
                         raise
@@ -224,6 +236,8 @@ class Upstream:
                 await asyncio.sleep(delay)
                 continue
             attempts.append(Attempt(model, "ok", None, 200, (time.perf_counter() - started) * 1000, answer.cost))
+            metrics.upstream_attempt(model, 200, None, attempts[-1].ms / 1000)
+            await observe_upstream(False)
             return Completion(
                 output=output,
                 model_used=answer.model,
@@ -340,6 +354,13 @@ class Upstream:
             cost=_decimal(getattr(usage, "cost", None)),
             generation_id=gen_id,
         )
+
+
+def _mask_key(attempts: list[Attempt], api_key: str) -> None:
+    """Details are masked for key-shaped text when made; an upstream may also echo the key in another shape."""
+    for attempt in attempts:
+        if attempt.detail:
+            attempt.detail = redact(attempt.detail, api_key)
 
 
 def _refused(exc: BaseException) -> bool:

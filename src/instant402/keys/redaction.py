@@ -26,14 +26,23 @@ _KEY_HEADER = re.compile(
 )
 
 
-def redact(text: str) -> str:
-    """Return ``text`` with API keys and authorization values replaced by a marker."""
+def redact(text: str, *secrets: str) -> str:
+    """Return ``text`` with API keys, authorization values and the given ``secrets`` replaced by a marker.
+
+    Every path that stores or shows text from outside (logs, key events, upstream error details) goes through here.
+    """
     if not text:
         return text
     text = _AUTH_HEADER.sub(lambda m: m.group(1) + REDACTED, text)
     text = _KEY_HEADER.sub(lambda m: m.group(1) + REDACTED, text)
     text = _BEARER.sub("Bearer " + REDACTED, text)
-    return _API_KEY.sub("sk-" + REDACTED, text)
+    text = _API_KEY.sub("sk-" + REDACTED, text)
+    for secret in secrets:
+        # The secret itself, and its random part alone ("sk-or-v1-<body>" echoed as "<body>").
+        for form in (secret, secret.rsplit("-", 1)[-1]):
+            if len(form) >= 16:
+                text = text.replace(form, REDACTED)
+    return text
 
 
 _traceback_formatter = logging.Formatter()

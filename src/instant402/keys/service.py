@@ -307,6 +307,17 @@ _SEALED = quick_read(select(_keys.c.ciphertext, _keys.c.nonce, _keys.c.wrapped_k
 )
 
 
+_REPORT = quick_read(select(_keys.c.limit_remaining, _keys.c.is_free_tier)).where(
+    _keys.c.user_id == bindparam("user_id")
+)
+
+
+async def key_report(db: AsyncSession, user_id: int) -> tuple[Decimal | None, bool | None] | None:
+    """What OpenRouter's ``GET /key`` last said about the creator's key: (limit_remaining, is_free_tier)."""
+    row = (await (await db.connection()).execute(_REPORT, {"user_id": user_id})).first()
+    return (row[0], row[1]) if row is not None else None
+
+
 async def open_key_for_upstream(
     db: AsyncSession, vault: Vault, user_id: int, *, commit: bool = True, count: bool = True
 ) -> SecretKey:

@@ -161,7 +161,7 @@ def master_key_file(settings: Settings) -> Path:
 
 def _local_master_keys(path: Path) -> str:
     """Read the sandbox/test master key file, creating it (mode 0600) on first use."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

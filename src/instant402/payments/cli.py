@@ -145,13 +145,13 @@ async def call_resource(
         report.network = requirement.network
         report.pay_to = requirement.pay_to
         report.scheme = requirement.scheme
-        if max_price is not None and report.price_usd > max_price:
-            report.notes.append("not paid: the price (or metered maximum) is above --max-price")
-            report.result = payment_required.model_dump(mode="json", by_alias=True, exclude_none=True)
-            return report
-        within_budget = max_price is not None
-        if not within_budget and (confirm is None or not confirm(report)):
-            report.notes.append("not paid")
+        # --max-price is a hard ceiling: a price above it is never paid, whatever confirm would say (--yes).
+        over_ceiling = max_price is not None and report.price_usd > max_price
+        within_budget = max_price is not None and not over_ceiling
+        if over_ceiling or (not within_budget and (confirm is None or not confirm(report))):
+            report.notes.append(
+                f"not paid: the price is above --max-price {max_price} USD" if over_ceiling else "not paid"
+            )
             report.result = payment_required.model_dump(mode="json", by_alias=True, exclude_none=True)
             return report
         # The buyer agreed to this exact asset and amount: allow it (the SDK only knows real USDC deployments).

@@ -13,6 +13,7 @@ import binascii
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,7 @@ from x402.schemas import (
     SettleResponse,
 )
 
+from instant402.ops import metrics
 from instant402.payments.upto import SCHEME_UPTO, gas_sponsoring_extension, register_upto, upto_requirements
 
 if TYPE_CHECKING:
@@ -150,6 +152,7 @@ class PaymentGateway:
         self._started = False
         self.upto_supported = False  # the facilitator settles ``upto`` on our network (metered resources)
         self.upto_extensions: dict[str, Any] = {}  # the 402 extensions an ``upto`` offer carries (gas sponsoring)
+        self.reachable = False  # the facilitator answered its last request (False after a transport failure)
 
     @classmethod
     def from_settings(cls, settings: Settings, facilitator: Any = None) -> PaymentGateway:
@@ -168,10 +171,13 @@ class PaymentGateway:
 
     async def start(self) -> None:
         """Fetch the facilitator's ``/supported`` once and check it covers our network (raises PaymentConfigError)."""
+        started = time.perf_counter()
         try:
             await asyncio.to_thread(self.server.initialize)
         except Exception as exc:
+            metrics.facilitator_request("supported", "error", time.perf_counter() - started)
             raise PaymentConfigError(f"facilitator could not be initialised: {exc}") from exc
+        metrics.facilitator_request("supported", "ok", time.perf_counter() - started)
         if self.server.get_supported_kind(2, self.network, SCHEME) is None:
             raise PaymentConfigError(f"the facilitator does not support scheme {SCHEME!r} on {self.network}")
         self.upto_supported = self.server.get_supported_kind(2, self.network, SCHEME_UPTO) is not None
@@ -182,6 +188,7 @@ class PaymentGateway:
             except Exception as exc:  # the extension is optional: buyers then approve Permit2 themselves
                 log.warning("facilitator extensions unknown: %s", exc)
         self._started = True
+        self.reachable = True
 
     async def aclose(self) -> None:
         close = getattr(self.facilitator, "aclose", None)
@@ -361,12 +368,15 @@ class PaymentGateway:
             return VerifyOutcome(False, mismatch, "The payment is not for this resource's requirements.", **base)
         if resource_url and payload.resource and payload.resource.url != resource_url:
             return VerifyOutcome(False, "resource_mismatch", "The payment was made for another resource.", **base)
+        started = time.perf_counter()
         try:
             result = await self.server.verify_payment(payload, requirements, **self._declared(requirements))
         except Exception as exc:
             log.warning("facilitator verify failed: %s", exc)
+            self._unreachable("verify", started)
             return VerifyOutcome(False, "facilitator_unavailable", str(exc), **base)
         verify = result.verify
+        metrics.facilitator_request("verify", "ok" if verify.is_valid else "rejected", time.perf_counter() - started)
         if not verify.is_valid:
             return VerifyOutcome(False, verify.invalid_reason or "invalid_payment", verify.invalid_message, **base)
         return VerifyOutcome(True, None, None, payer=verify.payer or payer, nonce=nonce, valid_before=valid_before)
@@ -379,11 +389,14 @@ class PaymentGateway:
 
     async def settle(self, payload: PaymentPayload, requirements: PaymentRequirements) -> SettleOutcome:
         """Ask the facilitator to execute the transfer; never raises."""
+        started = time.perf_counter()
         try:
             result = await self.server.settle_payment(payload, requirements, **self._declared(requirements))
         except Exception as exc:
             log.warning("facilitator settle failed: %s", exc)
+            self._unreachable("settle", started)
             return SettleOutcome(False, "facilitator_unavailable", str(exc), network=requirements.network)
+        metrics.facilitator_request("settle", "ok" if result.success else "rejected", time.perf_counter() - started)
         return SettleOutcome(
             ok=result.success,
             reason=None if result.success else (result.error_reason or "settlement_failed"),
@@ -393,6 +406,11 @@ class PaymentGateway:
             payer=result.payer,
             response=result,
         )
+
+    def _unreachable(self, operation: str, started: float) -> None:
+        """The runtime answers 503 to the next calls until the facilitator's /supported answers again."""
+        metrics.facilitator_request(operation, "error", time.perf_counter() - started)
+        self.reachable = False
 
     @staticmethod
     def payment_response_header(outcome: SettleOutcome) -> str:

@@ -21,9 +21,8 @@ from decimal import Decimal
 from typing import Any
 
 from instant402.resources.params import MAX_TOTAL_INPUT_CHARS, CompiledResource, compiled, render_value
+from instant402.resources.pricing import ATOMIC_PER_USD, metered_charge
 
-USDC_DECIMALS = 6
-ATOMIC_PER_USD = Decimal(10) ** USDC_DECIMALS
 MESSAGE_OVERHEAD_TOKENS = 4
 REPLY_PRIMING_TOKENS = 3
 TYPICAL_STRING_CHARS = 400
@@ -189,7 +188,6 @@ def estimate_cost(resource: Any, model: Any, values: dict[str, Any] | None = Non
 
 def _metered_range(est: CostEstimate, resource: Any, model: Any, comp: CompiledResource) -> None:
     """What a metered call would settle at the floor, typically and at worst, on the main model."""
-    from instant402.resources.pricing import metered_charge  # pricing builds on this module
 
     def charge(cost: Decimal) -> int:
         return metered_charge(cost, resource.markup, resource.fee_atomic or 0, resource.max_price_atomic).settled_atomic

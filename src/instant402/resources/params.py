@@ -66,11 +66,34 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int)
 
 
+def is_text(value: str) -> bool:
+    """Whether ``value`` is valid Unicode text: JSON's \\u escapes can carry lone surrogates, which no model, prompt
+    or UTF-8 encoder takes (the upstream call would fail only after the buyer paid)."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+_NOT_TEXT = "Must be valid Unicode text (no lone surrogates)."
+
+
+def _shown(key: Any) -> str:
+    """A parameter name fit to echo in an error: cut short, invalid text escaped."""
+    name = str(key)[:100]
+    return name if is_text(name) else name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def value_problem(spec: ParamSpec, value: Any) -> str | None:
     """Why ``value`` does not fit ``spec``, as a sentence, or None when it fits."""
     if spec.type == "string":
         if not isinstance(value, str):
             return "Must be a string."
+        if not is_text(value):
+            return _NOT_TEXT
         if len(value) > spec.effective_max_length:
             return f"Must be at most {spec.effective_max_length} characters long."
         return None
@@ -150,7 +173,7 @@ def validate_input(resource: Any, body: Any) -> dict[str, Any]:
     fields: dict[str, str] = {}
     for key in body:
         if key not in comp.by_name:
-            fields[str(key)[:100]] = "This parameter is not accepted by this resource."
+            fields[_shown(key)] = "This parameter is not accepted by this resource."
     values: dict[str, Any] = {}
     for spec in comp.params:
         if spec.name in body:

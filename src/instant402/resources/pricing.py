@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from instant402.resources.estimate import ATOMIC_PER_USD
+USDC_DECIMALS = 6
+ATOMIC_PER_USD = Decimal(10) ** USDC_DECIMALS
 
 FLAT = "flat"
 METERED = "metered"

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from instant402.accounts.auth import current_user
 from instant402.accounts.models import User
 from instant402.config import Settings
-from instant402.deps import get_db, get_settings, public_rate_limit
+from instant402.deps import MAX_INT, Id, StrictId, get_db, get_settings, public_rate_limit
 from instant402.resources import service
 from instant402.resources.schemas import creator_view, public_view
 from instant402.resources.validation import ResourceIn, ResourcePatch
@@ -22,7 +22,7 @@ router = APIRouter(prefix="/api/v1", tags=["resources"])
 class PreviewIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    resource_id: int | None = Field(default=None, description="Preview a saved resource...")
+    resource_id: StrictId | None = Field(default=None, description="Preview a saved resource...")
     resource: ResourceIn | None = Field(default=None, description="...or a definition not saved yet.")
     values: dict[str, Any] | None = Field(default=None, description="Sample input; defaults apply when omitted.")
 
@@ -80,9 +80,9 @@ async def preview(
     }
 
 
-@router.get("/me/resources/{resource_id}")
+@router.get("/me/resources/{resource_id:int}")  # digits only: /me/resources/preview is another route
 async def my_resource(
-    resource_id: int,
+    resource_id: Id,
     user: User = Depends(current_user),
     db: AsyncSession = Depends(get_db),
     settings: Settings = Depends(get_settings),
@@ -95,9 +95,9 @@ async def my_resource(
     return view
 
 
-@router.patch("/me/resources/{resource_id}")
+@router.patch("/me/resources/{resource_id:int}")
 async def update(
-    resource_id: int,
+    resource_id: Id,
     body: ResourcePatch,
     user: User = Depends(current_user),
     db: AsyncSession = Depends(get_db),
@@ -106,8 +106,8 @@ async def update(
     return _saved(await service.update_resource(db, settings, user, resource_id, body), settings)
 
 
-@router.delete("/me/resources/{resource_id}")
-async def delete(resource_id: int, user: User = Depends(current_user), db: AsyncSession = Depends(get_db)):
+@router.delete("/me/resources/{resource_id:int}")
+async def delete(resource_id: Id, user: User = Depends(current_user), db: AsyncSession = Depends(get_db)):
     outcome = await service.delete_resource(db, user, resource_id)
     if outcome == "deleted":
         return Response(status_code=204)
@@ -116,7 +116,7 @@ async def delete(resource_id: int, user: User = Depends(current_user), db: Async
 
 @router.post("/me/resources/{resource_id}/publish")
 async def publish(
-    resource_id: int,
+    resource_id: Id,
     user: User = Depends(current_user),
     db: AsyncSession = Depends(get_db),
     settings: Settings = Depends(get_settings),
@@ -126,7 +126,7 @@ async def publish(
 
 @router.post("/me/resources/{resource_id}/pause")
 async def pause(
-    resource_id: int,
+    resource_id: Id,
     body: PauseIn | None = None,
     user: User = Depends(current_user),
     db: AsyncSession = Depends(get_db),
@@ -138,7 +138,7 @@ async def pause(
 
 @router.post("/me/resources/{resource_id}/resume")
 async def resume(
-    resource_id: int,
+    resource_id: Id,
     user: User = Depends(current_user),
     db: AsyncSession = Depends(get_db),
     settings: Settings = Depends(get_settings),
@@ -156,8 +156,8 @@ async def search(
     model: str | None = Query(default=None, max_length=255),
     modality: Literal["text", "json", "image"] | None = None,
     provider: str | None = Query(default=None, max_length=100),
-    min_price: int | None = Query(default=None, ge=0, description="USDC atomic units"),
-    max_price: int | None = Query(default=None, ge=0, description="USDC atomic units"),
+    min_price: int | None = Query(default=None, ge=0, le=MAX_INT, description="USDC atomic units"),
+    max_price: int | None = Query(default=None, ge=0, le=MAX_INT, description="USDC atomic units"),
     sort: service.Sort = "newest",
     page: int = Query(default=1, ge=1, le=10_000),
     per_page: int = Query(default=20, ge=1, le=100),

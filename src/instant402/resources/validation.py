@@ -260,6 +260,10 @@ def _model_problem(model: CatalogModel | None, output_kind: str) -> str | None:
         return "No model with this id in the catalog."
     if not model.is_active:
         return f"{model.id} is no longer available on OpenRouter."
+    if not model.answers_chat:
+        return (
+            f"{model.id} is a {model.modality} model: it cannot answer a chat completion. Pick a text or image model."
+        )
     if output_kind == "image" and not model.produces_image:
         return f"{model.id} cannot produce images."
     if output_kind == "json" and not model.supports_structured_output:
@@ -393,7 +397,7 @@ async def check_definition(db, d: Definition) -> Checked:
     models = {m.id: m for m in await _load_models(db, ids)}
     main = models.get(d.model_id)
     if problem := _model_problem(main, d.output_kind):
-        errors["model_id" if main is None or not main.is_active else "output_kind"] = problem
+        errors["model_id" if main is None or not (main.is_active and main.answers_chat) else "output_kind"] = problem
     worst = None
     if not any(k.startswith(("parameters", "system_prompt", "prompt_template")) for k in errors):
         comp = CompiledResource([p.model_dump() for p in params], d.system_prompt, d.prompt_template)

@@ -8,9 +8,9 @@ Steps, in the order money needs them:
 2. ``complete``, for a decoded payment, through named steps that other doors reuse: ``admitted`` (the payer's
    rate, an upstream slot, the worst case held from today's budget) → ``verify`` (the facilitator) → ``claim``
    (once in the database: a replay fails on a unique key, across processes) → ``run`` (the model, with the
-   creator's key; ``ran`` accounts for a run made by another door, e.g. a stream) → ``settle_and_record`` (settle
-   only when the run delivered, then record). A long run is claimed with a job instead (``claim_long_run``) and
-   the job runner finishes it with the same settle step (sales.long_runs).
+   creator's key; ``ran`` accounts for a run made by another door, e.g. a stream) → ``settle`` (keep the result,
+   settle only when the run delivered, then record: ``settle_and_record``). A long run is claimed with a job
+   instead (``claim_long_run``) and the job runner finishes it with the same settle step (sales.long_runs).
 
 Inputs and outputs are plain values (the resource, the buyer's input, the decoded payment, an outcome). Doors turn
 their wire format into these and back; none of them touches a payment or a usage row directly.
@@ -47,6 +47,7 @@ from instant402.execution.limits import OverCapacity, RateLimited
 from instant402.execution.models import Job, Notification
 from instant402.execution.runner import RunOutcome, run_resource
 from instant402.keys.service import KeyUnavailable, open_key_for_upstream
+from instant402.ops import metrics
 from instant402.payments.gateway import PaymentGateway, SettleOutcome, payment_terms
 from instant402.payments.models import KeptResult, PaymentClaim
 from instant402.payments.upto import SCHEME_UPTO, settlement_requirements
@@ -55,7 +56,7 @@ from instant402.resources.params import validate_input
 from instant402.resources.pricing import METERED, MeteredCharge, charge_for
 from instant402.resources.schemas import endpoint_url, input_schema, output_description
 from instant402.resources.service import get_for_call
-from instant402.runtime import Runtime
+from instant402.runtime import Runtime, payments_unavailable
 from instant402.sales import settlement
 from instant402.usage.models import UsageKind, UsageRecord, UsageStatus, add_usage, update_usage
 
@@ -224,10 +225,16 @@ def _answer(gateway: PaymentGateway, r: AnyResource, url: str, requirements, ext
     return gateway.payment_required_answer(url, description, "application/json", requirements, extensions, reason)
 
 
+def label(resource: AnyResource) -> str:
+    """The resource as metrics name it."""
+    return f"{resource.owner.username}/{resource.slug}"
+
+
 def payment_required(prepared: Prepared, reason: str | None = None) -> tuple[str, dict[str, Any]]:
     """The x402 PaymentRequired for this call (with ``reason`` as its error): the encoded header value and the same
     object as JSON, for doors to put on their wire."""
     q = prepared.quote
+    metrics.paid_call("quoted" if reason is None else "refused", label(q.resource))
     if reason is None:
         return q.first_answer
     answer_with = q.accepts if len(q.accepts) > 1 else q.requirements
@@ -292,12 +299,7 @@ async def complete(rt: Runtime, prepared: Prepared, payload: PaymentPayload) -> 
         if answered is not None:
             return answered
         outcome = await run(rt, sale)
-        result = success_body(outcome, None)
-        requirements = sale.requirements
-        charged = bill(sale.resource, requirements, outcome.billed_usd)
-        return await settle_and_record(
-            rt, prepared.gateway, sale.usage_id, payload, requirements, result, outcome, bill=charged
-        )
+        return await settle(rt, sale, success_body(outcome, None), outcome)
 
 
 @contextlib.asynccontextmanager
@@ -370,6 +372,10 @@ async def verify(rt: Runtime, sale: Sale) -> Outcome | None:
         started = time.perf_counter()
         verified = await sale.prepared.gateway.verify(sale.payload, sale.requirements, q.url)
         sale.verify_ms = int((time.perf_counter() - started) * 1000)
+        if not verified.ok and verified.reason == "facilitator_unavailable":
+            # Not the buyer's fault and nothing charged: the same answer as while the facilitator is known down.
+            await _refused(rt, sale.prepared, None, "payments_unavailable", verify_ms=sale.verify_ms)
+            raise payments_unavailable(rt.settings.facilitator_retry_seconds)
         if not verified.ok:
             refusal = PaymentRefused(str(verified.reason), "The payment was not accepted: " + str(verified.reason))
     if refusal is not None:
@@ -464,6 +470,7 @@ async def ran(rt: Runtime, sale: Sale, outcome: RunOutcome) -> RunOutcome:
         sale.hold.actual_usd = outcome.billed_usd
     if outcome.failure is not None:
         await finish_usage(rt, sale.usage_id, outcome)
+        metrics.paid_call("failed_uncharged", label(sale.resource))
         raise outcome.failure.to_api_error()
     return outcome
 
@@ -564,6 +571,7 @@ async def answer_again(rt: Runtime, sale: Sale, *, by_identifier: bool) -> Outco
         network=sale.prepared.quote.requirements.network,
         finished_at=utcnow(),
     )
+    metrics.paid_call("redelivered", label(sale.resource))
     return Delivered(row.body, row.payment_response, None, redelivered=True)
 
 
@@ -671,6 +679,31 @@ async def _claim(rt: Runtime, sale: Sale, job: Job | None):
             await db.rollback()
             return None
         return usage_id, key
+
+
+async def settle(rt: Runtime, sale: Sale, result: dict[str, Any], outcome: RunOutcome | None) -> Outcome:
+    """The settle step of a sale in this process (``settle_and_record``), counted for the operator."""
+    name = label(sale.resource)
+    requirements = sale.requirements
+    billed = outcome.billed_usd if outcome is not None else await _billed_usd(rt, sale.usage_id)
+    charged = bill(sale.resource, requirements, billed)
+    try:
+        answer = await settle_and_record(
+            rt, sale.prepared.gateway, sale.usage_id, sale.payload, requirements, result, outcome, bill=charged
+        )
+    except ApiError as err:
+        if err.code == "settlement_pending":
+            metrics.paid_call("settlement_pending", name)
+        raise
+    metrics.paid_call("settled" if isinstance(answer, Delivered) else "settle_failed", name)
+    return answer
+
+
+async def _billed_usd(rt: Runtime, usage_id: int) -> Any:
+    """The upstream cost a door's run already put on the usage row (a metered call settles it)."""
+    async with rt.db.sessions() as db:
+        row = await db.get(UsageRecord, usage_id)
+        return row.upstream_cost if row is not None else None
 
 
 async def settle_and_record(

@@ -56,7 +56,7 @@ async def run_owner_test(
     )
     await db.commit()
     if fail:
-        # The owner sees the precise cause (never the key itself: details are redacted at the source).
+        # The owner sees the precise cause (never the key itself: failure details are redacted where they are made).
         raise ApiError(
             fail.http_status_for_buyer,
             fail.buyer_code,

@@ -17,6 +17,7 @@ import socket
 import time
 
 from instant402.execution import budgets, jobs
+from instant402.ops import metrics
 from instant402.runtime import Runtime
 from instant402.sales import long_runs, settlement
 
@@ -107,6 +108,7 @@ class JobRunner:
         beat = asyncio.get_running_loop().create_task(self._beat(job_id))
         try:
             state = await long_runs.execute(self.rt, job_id, self.id, self._settling)
+            metrics.job_finished(str(state))
             log.info("job %s %s", job_id, state)
         except long_runs.Requeue:
             await jobs.requeue(self.rt, job_id, self.id)
@@ -135,6 +137,9 @@ def run_worker(settings) -> None:
 
     from instant402.db import Database
     from instant402.keys.vault import load_vault
+    from instant402.logs import configure_logging
+
+    configure_logging(settings)  # the same lines as the server's, secrets masked
 
     async def main() -> None:
         db = Database(settings)

@@ -156,7 +156,7 @@ def run_sandbox(port: int, data_dir: Path) -> None:
     for p in (ports.web, ports.emulator, ports.chain):
         _check_free(p)
     data_dir = data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     print("instant402 sandbox: starting the chain, the emulator and the marketplace…", flush=True)
 
     devnet = Devnet.start(data_dir=data_dir, buyers=3)
@@ -166,7 +166,8 @@ def run_sandbox(port: int, data_dir: Path) -> None:
 
     chain_app = Starlette(routes=[Mount("/facilitator", facilitator_app(facilitator)), Mount("/", rpc_app(devnet))])
     services = [
-        _ThreadServer(create_emulator_app(control=True), ports.emulator),
+        # Keys creators register with the emulator are kept in the data dir: they still work after a restart.
+        _ThreadServer(create_emulator_app(control=True, keys_file=data_dir / "emulator-keys.json"), ports.emulator),
         _ThreadServer(chain_app, ports.chain),
     ]
     for service in services:
@@ -187,6 +188,7 @@ def run_sandbox(port: int, data_dir: Path) -> None:
             port=ports.web,
             access_log=False,
             log_level="warning",
+            **settings.uvicorn_proxy_options,
         )
         asyncio.run(_serve_until_signal(_OwnSignalsServer(config)))
     finally:

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from instant402.accounts.auth import current_user
 from instant402.accounts.models import User
-from instant402.deps import get_db
+from instant402.deps import Id, get_db
 from instant402.errors import ApiError
 from instant402.usage import service
 from instant402.usage.models import UsageRecord
@@ -48,7 +48,7 @@ def attempt_out(row: UsageRecord) -> dict:
 
 @router.get("/usage")
 async def usage_log(
-    resource_id: int | None = Query(None, ge=1),
+    resource_id: Id | None = Query(None),
     status: Status | None = None,
     kind: Literal["paid", "test"] | None = None,
     page: int = Query(1, ge=1, le=100_000),
@@ -67,7 +67,7 @@ async def usage_log(
 @router.get("/stats")
 async def stats(
     days: int = Query(30, ge=1, le=365),
-    resource_id: int | None = Query(None, ge=1),
+    resource_id: Id | None = Query(None),
     user: User = Depends(current_user),
     db: AsyncSession = Depends(get_db),
 ):

@@ -94,6 +94,7 @@ def _chart(
         # The drawing needs heights only: floats are fine here; labels come from the exact values.
         chart.add(name, [{"value": float(v), "label": f"{name}: {value_format(v)}"} for v in values])
     svg = re.sub(r"<!--.*?-->", "", chart.render(is_unicode=True), flags=re.S)
+    svg = re.sub(r"<script.*?</script>", "", svg, flags=re.S)  # tooltip config for the script left out above
     # Values on hover without a script: each bar's description becomes an SVG <title>, which browsers show.
     svg = re.sub(r'<desc class="label">(.*?)</desc>', r"<title>\1</title>", svg)
     return Markup(svg.replace("<svg ", f'<svg role="img" aria-label="{title}" ', 1))  # noqa: S704 pygal's own SVG

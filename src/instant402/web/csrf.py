@@ -30,6 +30,11 @@ def set_anon_cookie(response: Response, request: Request, token: str) -> None:
     )
 
 
+def rotate_anon_cookie(response: Response, request: Request) -> None:
+    """A fresh anonymous token at login: a value planted before (by another site or subdomain) stops working."""
+    set_anon_cookie(response, request, secrets.token_urlsafe(24))
+
+
 def check_form(request: Request, form) -> None:
     """Refuse a form post whose token does not match the session (or the anonymous cookie)."""
     given = form.get(CSRF_FIELD)

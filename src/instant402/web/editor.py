@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from instant402.accounts.models import User
 from instant402.config import Settings
-from instant402.deps import get_db, get_settings
+from instant402.deps import Id, get_db, get_settings
 from instant402.errors import ApiError
 from instant402.resources import service
 from instant402.resources.estimate import ATOMIC_PER_USD, atomic_to_usd
@@ -367,7 +367,7 @@ async def create(
 
 @router.get("/resources/{resource_id}/edit")
 async def edit_page(
-    resource_id: int, request: Request, user: User = Depends(require_user), db: AsyncSession = Depends(get_db)
+    resource_id: Id, request: Request, user: User = Depends(require_user), db: AsyncSession = Depends(get_db)
 ):
     resource = await service.get_own(db, user, resource_id)
     values = values_of(resource)
@@ -380,7 +380,7 @@ async def edit_page(
 
 @router.post("/resources/{resource_id}/edit")
 async def update(
-    resource_id: int,
+    resource_id: Id,
     request: Request,
     user: User = Depends(require_user),
     db: AsyncSession = Depends(get_db),
@@ -410,7 +410,7 @@ async def update(
 
 @router.get("/resources/{resource_id}/preview")
 async def preview_page(
-    resource_id: int,
+    resource_id: Id,
     request: Request,
     user: User = Depends(require_user),
     db: AsyncSession = Depends(get_db),
@@ -470,7 +470,7 @@ async def publish_checked(request: Request, db: AsyncSession, user: User, resour
 
 @router.post("/resources/{resource_id}/publish")
 async def publish(
-    resource_id: int, request: Request, user: User = Depends(require_user), db: AsyncSession = Depends(get_db)
+    resource_id: Id, request: Request, user: User = Depends(require_user), db: AsyncSession = Depends(get_db)
 ):
     form = await read_form(request)
     return await publish_checked(request, db, user, resource_id, bool(form.get("confirm_loss")))
@@ -478,21 +478,21 @@ async def publish(
 
 @router.post("/resources/{resource_id}/pause")
 async def pause(
-    resource_id: int, request: Request, user: User = Depends(require_user), db: AsyncSession = Depends(get_db)
+    resource_id: Id, request: Request, user: User = Depends(require_user), db: AsyncSession = Depends(get_db)
 ):
     return await _action(request, db, user, resource_id, lambda: service.pause_resource(db, user, resource_id))
 
 
 @router.post("/resources/{resource_id}/resume")
 async def resume(
-    resource_id: int, request: Request, user: User = Depends(require_user), db: AsyncSession = Depends(get_db)
+    resource_id: Id, request: Request, user: User = Depends(require_user), db: AsyncSession = Depends(get_db)
 ):
     return await _action(request, db, user, resource_id, lambda: service.resume_resource(db, user, resource_id))
 
 
 @router.post("/resources/{resource_id}/delete")
 async def delete(
-    resource_id: int, request: Request, user: User = Depends(require_user), db: AsyncSession = Depends(get_db)
+    resource_id: Id, request: Request, user: User = Depends(require_user), db: AsyncSession = Depends(get_db)
 ):
     await read_form(request)
     await service.delete_resource(db, user, resource_id)

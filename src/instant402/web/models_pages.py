@@ -62,6 +62,7 @@ def _int_or_none(value: str | None, name: str) -> int | None:
 
 def _query(params, page: int) -> ModelQuery:
     return ModelQuery(
+        chat_only=bool(params.get("pick")),  # picking for a resource: only models it can run on
         q=params.get("q") or None,
         modality=params.get("modality") or None,
         provider=params.get("provider") or None,
@@ -82,7 +83,7 @@ async def _curated_page(db: AsyncSession, q: str, page: int) -> tuple[list[dict]
     models = [
         m
         for _, m in await curation.list_curated(db)
-        if m is not None and m.is_active and all(t in f"{m.id} {m.name}".lower() for t in terms)
+        if m is not None and m.is_active and m.answers_chat and all(t in f"{m.id} {m.name}".lower() for t in terms)
     ]
     start = (page - 1) * PER_PAGE
     return [model_summary(m, True) for m in models[start : start + PER_PAGE]], len(models)

@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from instant402.accounts.models import User
-from instant402.deps import get_db
+from instant402.deps import Id, get_db
 from instant402.errors import not_found
 from instant402.execution.errors import MESSAGES
 from instant402.resources import service as resources
@@ -37,7 +37,7 @@ KINDS = ("paid", "test")
 
 async def owner_page(
     request: Request,
-    resource_id: int,
+    resource_id: Id,
     user: User,
     db: AsyncSession,
     *,
@@ -50,7 +50,7 @@ async def owner_page(
     status = params.get("status") if params.get("status") in STATUSES else None
     kind = params.get("kind") if params.get("kind") in KINDS else None
     try:
-        page = max(1, int(params.get("page") or 1))
+        page = max(1, min(100_000, int(params.get("page") or 1)))  # the offset stays within 64 bits
     except ValueError:
         page = 1
     total, attempts = await usage.list_attempts(
@@ -93,7 +93,7 @@ async def owner_page(
 
 @router.get("/resources/{resource_id}")
 async def resource_page(
-    resource_id: int, request: Request, user: User = Depends(require_user), db: AsyncSession = Depends(get_db)
+    resource_id: Id, request: Request, user: User = Depends(require_user), db: AsyncSession = Depends(get_db)
 ):
     return await owner_page(request, resource_id, user, db)
 

@@ -13,7 +13,7 @@ from instant402.accounts.routes import set_session_cookie
 from instant402.config import Settings
 from instant402.deps import client_ip, get_db, get_settings
 from instant402.errors import ApiError
-from instant402.web.csrf import check_form
+from instant402.web.csrf import check_form, rotate_anon_cookie
 from instant402.web.rendering import render
 
 router = APIRouter(include_in_schema=False)
@@ -55,6 +55,7 @@ async def signup_form(request: Request, db: AsyncSession = Depends(get_db), sett
     session = await service.start_session(db, settings, user)
     response = RedirectResponse("/", status_code=303)
     set_session_cookie(response, settings, session)
+    rotate_anon_cookie(response, request)
     return response
 
 
@@ -79,6 +80,7 @@ async def login_form(request: Request, db: AsyncSession = Depends(get_db), setti
     session = await service.start_session(db, settings, user)
     response = RedirectResponse(values["next"], status_code=303)
     set_session_cookie(response, settings, session)
+    rotate_anon_cookie(response, request)
     return response
 
 

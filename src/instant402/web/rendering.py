@@ -81,6 +81,19 @@ templates.env.filters["pretty_json"] = lambda v: json.dumps(v, indent=2, ensure_
 templates.env.filters["per_million"] = per_million
 
 
+# Pages are never framed (clickjacking) and run only this site's own script; charts carry inline SVG styles, and
+# outputs may show images from the media store's URL.
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: https:; "
+        "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+
 def render(request: Request, name: str, status_code: int = 200, **context):
     csrf = form_token(request)
     response = templates.TemplateResponse(
@@ -96,4 +109,5 @@ def render(request: Request, name: str, status_code: int = 200, **context):
     )
     if (new := getattr(request.state, "anon_csrf_new", None)) and request.cookies.get("i402_csrf") != new:
         set_anon_cookie(response, request, new)
+    response.headers.update(PAGE_HEADERS)
     return response

@@ -9,8 +9,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from instant402.accounts import service as accounts
 from instant402.accounts.models import User
-from instant402.config import Settings
-from instant402.deps import get_db, get_settings
+from instant402.config import Mode, Settings
+from instant402.deps import Id, get_db, get_settings
 from instant402.errors import ApiError
 from instant402.execution import budgets
 from instant402.keys import service as keys
@@ -42,6 +42,7 @@ async def _page(request: Request, db: AsyncSession, user: User, status_code: int
         "payout_value": user.payout_address or "",
         "limits": await budgets.limits_out(db, user.id),
         "limit_values": None,
+        "sandbox": request.app.state.settings.mode == Mode.sandbox,
         **extra,
     }
     return render(request, "settings.html", status_code=status_code, user=user, **context)
@@ -69,6 +70,27 @@ async def save_key(
     if outcome.resumed_resources:
         message += f" {outcome.resumed_resources} paused resource(s) are live again."
     return await _page(request, db, user, message=message)
+
+
+@router.post("/settings/key/sandbox")
+async def use_sandbox_key(
+    request: Request,
+    user: User = Depends(require_user),
+    db: AsyncSession = Depends(get_db),
+    settings: Settings = Depends(get_settings),
+):
+    """Sandbox only: save the sandbox's own emulator key for this creator (the key never reaches the page)."""
+    from instant402.sandbox.demo import sandbox_openrouter_key
+
+    await read_form(request)  # checks the CSRF token
+    if settings.mode != Mode.sandbox:
+        raise ApiError(404, "not_found", "Not found.")
+    key = sandbox_openrouter_key(settings.data_dir)
+    try:
+        outcome = await keys.save_key(db, request.app.state.vault, settings, user.id, key)
+    except ApiError as err:
+        return await _page(request, db, user, err.status, errors={"key": err.message})
+    return await _page(request, db, user, message=outcome.message)
 
 
 @router.post("/settings/key/verify")
@@ -124,7 +146,7 @@ async def create_token(request: Request, user: User = Depends(require_user), db:
 
 @router.post("/settings/tokens/{token_id}/revoke")
 async def revoke_token(
-    token_id: int, request: Request, user: User = Depends(require_user), db: AsyncSession = Depends(get_db)
+    token_id: Id, request: Request, user: User = Depends(require_user), db: AsyncSession = Depends(get_db)
 ):
     await read_form(request)
     await accounts.revoke_token(db, user, token_id)

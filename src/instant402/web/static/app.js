@@ -187,7 +187,7 @@ function setupEditor(form) {
   async function search() {
     results.innerHTML = "";
     if (!q.value.trim()) return;
-    const { status, data } = await api("GET", "/api/v1/models?per_page=8&q=" + encodeURIComponent(q.value.trim()));
+    const { status, data } = await api("GET", "/api/v1/models?chat=true&per_page=8&q=" + encodeURIComponent(q.value.trim()));
     if (status !== 200) return;
     data.data.forEach((m) => {
       const li = el("li");
