@@ -255,6 +255,14 @@ async def test_a_cost_above_the_maximum_settles_the_maximum_and_tells_the_creato
     capped = [n for n in items if n["kind"] == "metered_max_reached"]
     assert len(capped) == 1  # one per resource per day
     assert f"#{res['id']}" in capped[0]["message"] and seller.openrouter_key not in json.dumps(notices)
+    # Another resource of the same creator gets its own notice.
+    other = publish_metered(market, seller, markup="100", fee_atomic=0, max_price_atomic=1_000)
+    result = await pay_url(client_for(market, buyer), other["url"], json={"topic": "mountains " * 19})
+    assert result.response.json()["receipt"]["amount"] == "1000"
+    notices = market.http.get("/api/v1/me/notifications", headers=seller.headers).json()
+    items = notices.get("items", notices.get("data", notices)) if isinstance(notices, dict) else notices
+    messages = [n["message"] for n in items if n["kind"] == "metered_max_reached"]
+    assert len(messages) == 2 and any(f"#{other['id']}" in m for m in messages)
 
 
 async def test_exact_at_the_maximum_works_for_clients_without_upto(market, catalog, database):

@@ -846,7 +846,8 @@ async def _tell_capped(rt: Runtime, usage_id: int, charge: MeteredCharge) -> Non
                 )
             )
         if seen is None:
-            await notify.notify(rt, owner_id, _CAPPED, message, {"resource_id": resource_id, **charge.as_dict()})
+            details = {"resource_id": resource_id, **charge.as_dict()}
+            await notify.notify(rt, owner_id, _CAPPED, message, details, dedupe=False)
     except Exception:
         log.exception("could not tell the creator about capped call %s", usage_id)
 
