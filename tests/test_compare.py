@@ -95,6 +95,7 @@ async def one_slot_app(app, settings, emulator_server, emulator):
             update={
                 "openrouter_base_url": emulator_server.base_url,
                 "creator_concurrency": 1,
+                "creator_concurrency_ceiling": 1,
                 "creator_max_wait_seconds": 30.0,
             }
         )

@@ -162,7 +162,8 @@ async def test_creator_journey_to_a_paid_call(
 
 def journey(browser, market, artifacts, emulator, axe, seen) -> None:
     outside: list[str] = []
-    context = browser.new_context(viewport=DESKTOP)
+    # The accessibility check injects axe-core into each page, which the pages' CSP (script-src 'self') would block.
+    context = browser.new_context(viewport=DESKTOP, bypass_csp=True)
     page = context.new_page()
     base_host = urlparse(market.url).netloc
 
@@ -300,7 +301,7 @@ def journey(browser, market, artifacts, emulator, axe, seen) -> None:
     # Publish, then the public page as an anonymous buyer.
     page.click("form[action$='/publish'] button")
     assert page.locator("[data-testid=status]").inner_text() == "published"
-    buyer = browser.new_context(viewport=DESKTOP)
+    buyer = browser.new_context(viewport=DESKTOP, bypass_csp=True)  # axe-core is injected here too
     buyer.route("**/*", guard)
     bpage = buyer.new_page()
     bj = Journey(bpage, market.url, artifacts, outside, axe)

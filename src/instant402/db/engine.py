@@ -21,7 +21,8 @@ def make_private(data_dir: Path, database: Path | None) -> None:
     data_dir.chmod(data_dir.stat().st_mode & 0o700)  # an older install's 0755 directory too
     if database is None:
         return
-    os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))
+    with contextlib.suppress(FileNotFoundError):  # a database outside any existing directory fails at connect, as 503
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))
     for suffix in ("", "-wal", "-shm", "-journal"):
         with contextlib.suppress(FileNotFoundError):
             os.chmod(f"{database}{suffix}", 0o600)

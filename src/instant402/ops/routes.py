@@ -90,7 +90,7 @@ class FacilitatorProbe:
         return result
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "A part a paid call needs is not ready (named in the body)"}})
 async def readyz(request: Request) -> JSONResponse:
     state = request.app.state
     rt = state.runtime
