@@ -720,8 +720,8 @@ async def settle_and_record(
 ) -> Outcome:
     """Keep the delivered result, settle, then record: the result goes out only when the money moved, and once it
     may have moved the buyer can always have it. ``outcome`` is the run's, when its figures are not on the usage
-    row yet; ``kept`` when the result is kept already. ``bill``: what a metered call settles (``bill``), kept with
-    the result so a retried settlement settles the same amount. An unknown settlement outcome is recorded as
+    row yet; ``kept`` when the result is kept already. ``bill``: what a metered call settles (see ``bill()``), kept
+    with the result so a retried settlement settles the same amount. An unknown settlement outcome is recorded as
     pending and answered 503 (re-send the same payment)."""
     if bill is not None:
         requirements = bill.requirements
