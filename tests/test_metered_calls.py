@@ -485,3 +485,51 @@ async def test_a_call_that_cost_nothing_settles_zero_without_a_transaction(marke
     assert transfers_from(devnet, buyer.address, start) == [] and devnet.balance_of(buyer.address) == 100_000
     (row,) = await rows(database, res["id"])
     assert (row.status, row.amount_atomic, row.transaction_hash) == ("succeeded", 0, None)
+
+
+def _upto_header(**auth_changes) -> str:
+    auth = {
+        "from": "0x" + "aa" * 20,
+        "permitted": {"token": "0x" + "bb" * 20, "amount": "20000"},
+        "spender": X402_UPTO_PERMIT2_PROXY_ADDRESS,
+        "nonce": str(2**255 + 7),
+        "deadline": "1900000000",
+        "witness": {"to": "0x" + "cc" * 20, "facilitator": "0x" + "dd" * 20, "validAfter": "0"},
+        **auth_changes,
+    }
+    accepted = {
+        "scheme": "upto",
+        "network": "eip155:1",
+        "asset": "0x" + "bb" * 20,
+        "amount": "20000",
+        "payTo": "0x" + "cc" * 20,
+        "maxTimeoutSeconds": 60,
+        "extra": {},
+    }
+    body = {
+        "x402Version": 2,
+        "accepted": accepted,
+        "payload": {"permit2Authorization": auth, "signature": "0x" + "11" * 65},
+    }
+    return base64.b64encode(json.dumps(body).encode()).decode()
+
+
+def test_upto_payloads_are_checked_and_read_like_exact_ones():
+    from instant402.payments.gateway import PaymentError, PaymentGateway, payment_terms
+
+    payload = PaymentGateway.decode_payment(_upto_header())
+    terms = payment_terms(payload)
+    assert terms.payer == "0x" + "aa" * 20 and terms.valid_before == 1_900_000_000
+    assert terms.nonce == "0x" + format(2**255 + 7, "064x") and len(terms.nonce) == 66
+    bad = [
+        {"nonce": "0x12"},
+        {"nonce": str(2**256)},
+        {"deadline": "soon"},
+        {"spender": "proxy"},
+        {"permitted": {"token": "0x" + "bb" * 20}},
+        {"witness": "none"},
+    ]
+    for change in bad:
+        with pytest.raises(PaymentError) as caught:
+            PaymentGateway.decode_payment(_upto_header(**change))
+        assert caught.value.reason == "invalid_payload", change
