@@ -182,11 +182,10 @@ class PaymentGateway:
             raise PaymentConfigError(f"the facilitator does not support scheme {SCHEME!r} on {self.network}")
         self.upto_supported = self.server.get_supported_kind(2, self.network, SCHEME_UPTO) is not None
         if self.upto_supported:
-            try:
-                supported = await asyncio.to_thread(self.facilitator.get_supported)
-                self.upto_extensions = gas_sponsoring_extension(list(supported.extensions or []))
-            except Exception as exc:  # the extension is optional: buyers then approve Permit2 themselves
-                log.warning("facilitator extensions unknown: %s", exc)
+            # What the facilitator's /supported lists for upto (e.g. gas sponsoring), as the SDK kept it at initialize:
+            # no second request.
+            listed = self.server._facilitator_extensions(self.network, SCHEME_UPTO)
+            self.upto_extensions = gas_sponsoring_extension(listed)
         self._started = True
         self.reachable = True
 
