@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from instant402.payments.buyer import make_buyer_client, pay_url
+from instant402.sandbox.demo import DEMO_RESOURCES
 from tests.support.servers import free_port_block
 
 pytestmark = pytest.mark.slow
@@ -106,6 +107,6 @@ async def test_sandbox_end_to_end(tmp_path):
     try:
         wait_ready(proc, f"http://127.0.0.1:{port}")
         listed = httpx.get(f"http://127.0.0.1:{port}/api/v1/resources", params={"creator": "demo"}).json()
-        assert listed["total"] == 3
+        assert listed["total"] == len(DEMO_RESOURCES)
     finally:
         stop(proc)

@@ -357,3 +357,25 @@ async def test_sandbox_key_button_is_sandbox_only(app, web_app):
     assert page.status_code == 200 and "Use the sandbox key" not in page.text
     r = await user.post("/settings/key/sandbox", {}, page="/settings")
     assert r.status_code == 404
+
+
+async def test_editor_saves_metered_pricing_and_shows_the_range_per_call(app, web_app, emulator, catalog, database):
+    user, _ = await creator_with_key(web_app, emulator)
+    metered = {"pricing_mode": "metered", "markup": "1.5", "fee": "0.0005", "max_price": "0.02"}
+    r = await user.post("/resources/new", resource_form(**{**metered, "max_price": "0.0001"}), page="/")
+    assert r.status_code == 422 and 'id="e-max_price"' in r.text
+    rid = await create_resource(user, **metered)
+    async with database.session() as db:
+        row = await db.get(Resource, rid)
+    assert (row.pricing_mode, row.markup, row.fee_atomic, row.max_price_atomic, row.price_atomic) == (
+        "metered", Decimal("1.5"), 500, 20_000, 20_000
+    )  # fmt: skip
+    edit = await user.get(f"/resources/{rid}/edit")
+    assert 'data-testid="metered-range"' in edit.text and "at most $0.02" in edit.text
+    assert '<option value="metered" selected>' in edit.text
+    # Back to flat: the metered fields are dropped.
+    r = await user.post(f"/resources/{rid}/edit", resource_form(pricing_mode="flat", price="0.03"), page="/")
+    assert r.status_code == 303, r.text
+    async with database.session() as db:
+        row = await db.get(Resource, rid)
+    assert (row.pricing_mode, row.markup, row.max_price_atomic, row.price_atomic) == ("flat", None, None, 30_000)

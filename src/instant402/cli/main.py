@@ -110,7 +110,7 @@ def call(
     url: str = typer.Option(None, help="Server base URL (default INSTANT402_PUBLIC_URL)."),
     key_file: Path = typer.Option(None, help="File with the buyer's key (default INSTANT402_BUYER_PRIVATE_KEY)."),
     max_price: str = typer.Option(
-        None, help="Never pay more than this many USD; pay without asking when the price is within it."
+        None, help="Never pay more than this many USD (a metered resource: its maximum); pay without asking within it."
     ),
     yes: bool = typer.Option(False, "--yes", "-y", help="Pay without asking (never above --max-price)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -124,7 +124,8 @@ def call(
     def confirm(report) -> bool:
         if yes:
             return True
-        typer.echo(f"{report.url}\n  price {report.price_usd} USD on {report.network}, paid to {report.pay_to}")
+        what = "at most" if report.scheme == "upto" else "price"
+        typer.echo(f"{report.url}\n  {what} {report.price_usd} USD on {report.network}, paid to {report.pay_to}")
         return typer.confirm("Pay?", default=False)
 
     try:
@@ -150,7 +151,10 @@ def call(
     if as_json:
         typer.echo(json.dumps(report.as_json(), indent=2))
     else:
-        if report.price_usd is not None:
+        if report.price_usd is not None and report.scheme == "upto":
+            settled = f"settled {report.settled_usd} USD" if report.settled_usd is not None else "not paid"
+            typer.echo(f"metered: {settled} (maximum {report.price_usd} USD) on {report.network}")
+        elif report.price_usd is not None:
             typer.echo(f"price {report.price_usd} USD on {report.network} · {'paid' if report.paid else 'not paid'}")
         if show is not None and isinstance(report.result, dict) and "text" in report.result:
             # The text is already on screen: end its line, then the usage (or the error) without it.

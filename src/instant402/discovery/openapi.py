@@ -13,9 +13,11 @@ import re
 from typing import Any
 
 from instant402.discovery.listing import Listed, Snapshot
+from instant402.resources.pricing import x_payment_info
 
 GUIDANCE = (
-    "Every operation with x-payment-info is an AI resource sold per call with x402 v2 (USDC, scheme exact). "
+    "Every operation with x-payment-info is an AI resource sold per call with x402 v2 (USDC: scheme exact at a fixed "
+    "price; metered ones offer scheme upto, a signed maximum of which only the real cost is settled). "
     "POST a JSON body matching the request schema; without a payment the answer is 402 with the payment "
     "requirements in the PAYMENT-REQUIRED header (and the body's error.details.x402). Sign them with an x402 client "
     "and send the same request again with the PAYMENT-SIGNATURE header. You are charged only when the call "
@@ -34,6 +36,16 @@ def _nested(schema: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in schema.items() if k != "$schema"}
 
 
+def _price_text(item: Listed) -> str:
+    price = x_payment_info(item.resource)
+    if price["mode"] == "fixed":
+        return f"Price: {price['amount']} USD per call (x402, USDC)."
+    return (
+        f"Price: the model's real cost with the creator's markup, from {price['min']} to at most {price['max']} USD "
+        "per call (x402 `upto`: sign the maximum, pay what the call cost)."
+    )
+
+
 def paid_operation(item: Listed) -> dict[str, Any]:
     body: dict[str, Any] = {"schema": _nested(item.input_schema)}
     if item.input_example is not None:
@@ -41,10 +53,10 @@ def paid_operation(item: Listed) -> dict[str, Any]:
     return {
         "operationId": "buy_" + _OPERATION_ID.sub("_", f"{item.creator}__{item.slug}"),
         "summary": item.name,
-        "description": f"{item.description}\n\nPrice: {item.price_usd} USD per call (x402, USDC).",
+        "description": f"{item.description}\n\n{_price_text(item)}",
         "tags": [PAID_TAG],
         "x-payment-info": {
-            "price": {"mode": "fixed", "currency": "USD", "amount": item.price_usd},
+            "price": x_payment_info(item.resource),
             "protocols": [{"x402": {}}],
         },
         "requestBody": {"required": True, "content": {"application/json": body}},

@@ -91,30 +91,42 @@ def validate_webhook_field(url: str | None, settings: Settings) -> str | None:
         raise ApiError(422, "invalid_input", str(exc), {"fields": {"webhook_url": str(exc)}}) from None
 
 
-async def record(db: AsyncSession, user_id: int, kind: str, message: str, details: dict[str, Any] | None = None):
-    """Add a dashboard notice in the caller's transaction, unless the same unread notice is recent; returns it."""
-    since = utcnow() - DEDUPE_WINDOW
-    recent = await db.scalar(
-        select(Notification.id).where(
-            Notification.user_id == user_id,
-            Notification.kind == kind,
-            Notification.read_at.is_(None),
-            Notification.created_at >= since,
+async def record(
+    db: AsyncSession,
+    user_id: int,
+    kind: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    *,
+    dedupe: bool = True,
+):
+    """Add a dashboard notice in the caller's transaction, unless the same unread notice is recent; returns it.
+    ``dedupe`` False: the caller decided already (e.g. one notice per resource and day)."""
+    if dedupe:
+        since = utcnow() - DEDUPE_WINDOW
+        recent = await db.scalar(
+            select(Notification.id).where(
+                Notification.user_id == user_id,
+                Notification.kind == kind,
+                Notification.read_at.is_(None),
+                Notification.created_at >= since,
+            )
         )
-    )
-    if recent is not None:
-        return None
+        if recent is not None:
+            return None
     row = Notification(user_id=user_id, kind=kind, message=message[:500], details=details or {}, created_at=utcnow())
     db.add(row)
     await db.flush()
     return row
 
 
-async def notify(rt: Any, user_id: int, kind: str, message: str, details: dict[str, Any] | None = None) -> None:
+async def notify(
+    rt: Any, user_id: int, kind: str, message: str, details: dict[str, Any] | None = None, *, dedupe: bool = True
+) -> None:
     """Record a notice (own transaction) and fire the creator's webhook in the background; never raises."""
     try:
         async with rt.db.sessions() as db:
-            row = await record(db, user_id, kind, message, details)
+            row = await record(db, user_id, kind, message, details, dedupe=dedupe)
             hook = await db.scalar(select(CreatorLimits.webhook_url).where(CreatorLimits.user_id == user_id))
             await db.commit()
     except Exception:

@@ -17,6 +17,7 @@ from x402.http import decode_payment_response_header, x402HTTPClient
 from x402.http.clients import x402HttpxClient
 from x402.mechanisms.evm.exact import register_exact_evm_client
 from x402.mechanisms.evm.signers import EthAccountSigner
+from x402.mechanisms.evm.upto import UptoEvmClientScheme
 from x402.schemas import PaymentRequired, PaymentRequirements, SettleResponse
 
 USDC_DECIMALS = 6
@@ -34,7 +35,9 @@ def make_buyer_client(
     *,
     allow_assets: list[dict[str, str]] | None = None,
 ) -> x402Client:
-    """An SDK ``x402Client`` paying ``exact`` EVM requirements with ``private_key``.
+    """An SDK ``x402Client`` paying ``exact`` and ``upto`` (metered: a signed maximum, Permit2) EVM requirements with
+    ``private_key``. ``upto`` needs the account's Permit2 allowance on the token (one ``approve``; the sandbox's
+    buyers have it).
 
     The SDK only pays assets from its own table (real USDC deployments) unless told otherwise: ``allow_assets``
     entries ``{"network": "eip155:…", "asset": "0x…", "max_amount_per_payment": "<atomic>"?}`` add more, e.g. the
@@ -42,7 +45,9 @@ def make_buyer_client(
     """
     account = Account.from_key(private_key if private_key.startswith("0x") else "0x" + private_key)
     client = x402Client()
-    register_exact_evm_client(client, EthAccountSigner(account))
+    signer = EthAccountSigner(account)
+    register_exact_evm_client(client, signer)
+    client.register("eip155:*", UptoEvmClientScheme(signer))
     if allow_assets:
         client.set_spend_controls({"allowed_assets": list(allow_assets)})
     return client
@@ -173,11 +178,12 @@ def usd(amount_atomic: int | str, decimals: int = USDC_DECIMALS) -> Decimal:
 
 
 def chosen_requirement(payment_required: PaymentRequired) -> PaymentRequirements:
-    """The requirement a buyer is shown: the first ``exact`` one (what the SDK's default selector picks)."""
+    """The requirement a buyer is shown: the first ``exact`` or ``upto`` one (what the SDK's default selector picks
+    with ``make_buyer_client``). For ``upto`` its amount is the maximum the buyer signs."""
     for req in payment_required.accepts:
-        if req.scheme == "exact":
+        if req.scheme in ("exact", "upto"):
             return req
-    raise ValueError("the server offers no 'exact' payment requirement")
+    raise ValueError("the server offers no 'exact' or 'upto' payment requirement")
 
 
 async def follow_job(http: httpx.AsyncClient, accepted: httpx.Response, *, give_up_after: float = 180.0) -> PaidResult:

@@ -1,10 +1,21 @@
-"""What the payment network itself says, read over JSON-RPC: whether an EIP-3009 authorization was used (and by
-which transaction), and a payer's token balance. Used when the facilitator cannot say: a settlement that timed out,
-a process that died after settling, a payer with several payments outstanding."""
+"""What the payment network itself says, read over JSON-RPC: whether a payment was used (and by which transaction),
+and a payer's token balance. Used when the facilitator cannot say: a settlement that timed out, a process that died
+after settling, a payer with several payments outstanding.
+
+An ``exact`` payment is an EIP-3009 authorization (the token's ``authorizationState``, its AuthorizationUsed event);
+an ``upto`` payment is a Permit2 signature transfer (Permit2's ``nonceBitmap``; the x402 upto proxy's settle call,
+found by its Settled event, names the owner and nonce).
+"""
 
 from __future__ import annotations
 
 from web3 import AsyncHTTPProvider, AsyncWeb3, Web3
+from x402.mechanisms.evm.constants import (
+    PERMIT2_ADDRESS,
+    X402_UPTO_PERMIT2_PROXY_ABI,
+    X402_UPTO_PERMIT2_PROXY_ADDRESS,
+    X402_UPTO_PERMIT2_PROXY_SETTLE_WITH_PERMIT_ABI,
+)
 
 _ABI = [
     {
@@ -24,6 +35,19 @@ _ABI = [
 ]
 # EIP-3009: event AuthorizationUsed(address indexed authorizer, bytes32 indexed nonce)
 AUTHORIZATION_USED = Web3.keccak(text="AuthorizationUsed(address,bytes32)").to_0x_hex()
+UPTO = "upto"
+_NONCE_BITMAP_ABI = [
+    {
+        "name": "nonceBitmap",
+        "type": "function",
+        "stateMutability": "view",
+        "inputs": [{"name": "owner", "type": "address"}, {"name": "wordPos", "type": "uint256"}],
+        "outputs": [{"name": "", "type": "uint256"}],
+    }
+]
+_PROXY_ABI = X402_UPTO_PERMIT2_PROXY_ABI + X402_UPTO_PERMIT2_PROXY_SETTLE_WITH_PERMIT_ABI
+# The upto proxy's events after a settlement (no arguments: the call's input names the payment).
+_PROXY_SETTLED = [Web3.keccak(text="Settled()").to_0x_hex(), Web3.keccak(text="SettledWithPermit()").to_0x_hex()]
 
 
 def _nonce_bytes(nonce: str) -> bytes:
@@ -38,6 +62,31 @@ class Chain:
 
     def _token(self, asset: str):
         return self.w3.eth.contract(address=Web3.to_checksum_address(asset), abi=_ABI)
+
+    async def payment_used(self, asset: str, payer: str, nonce: str, scheme: str | None = None) -> bool:
+        """Whether the payment (``nonce`` as 0x + 64 hex, see gateway.payment_terms) was used on chain."""
+        if scheme != UPTO:
+            return await self.authorization_used(asset, payer, nonce)
+        permit2 = self.w3.eth.contract(address=PERMIT2_ADDRESS, abi=_NONCE_BITMAP_ABI)
+        value = int(nonce, 16)
+        word = await permit2.functions.nonceBitmap(Web3.to_checksum_address(payer), value >> 8).call()
+        return bool(int(word) >> (value & 0xFF) & 1)
+
+    async def payment_transaction(self, asset: str, payer: str, nonce: str, scheme: str | None = None) -> str | None:
+        """The transaction that used the payment, or None if none did."""
+        if scheme != UPTO:
+            return await self.authorization_transaction(asset, payer, nonce)
+        proxy = self.w3.eth.contract(address=X402_UPTO_PERMIT2_PROXY_ADDRESS, abi=_PROXY_ABI)
+        logs = await self.w3.eth.get_logs(
+            {"address": [proxy.address], "topics": [_PROXY_SETTLED], "fromBlock": 0, "toBlock": "latest"}
+        )
+        wanted, owner = int(nonce, 16), payer.lower()
+        for entry in reversed(logs):
+            tx = await self.w3.eth.get_transaction(entry["transactionHash"])
+            _fn, args = proxy.decode_function_input(tx["input"])
+            if str(args["owner"]).lower() == owner and int(args["permit"]["nonce"]) == wanted:
+                return entry["transactionHash"].to_0x_hex()
+        return None
 
     async def authorization_used(self, asset: str, payer: str, nonce: str) -> bool:
         call = self._token(asset).functions.authorizationState(Web3.to_checksum_address(payer), _nonce_bytes(nonce))

@@ -35,12 +35,21 @@ class CallReport:
     url: str
     status: int
     paid: bool
-    price_usd: Decimal | None = None
+    price_usd: Decimal | None = None  # for a metered resource (``upto``): the maximum signed
     network: str | None = None
+    scheme: str | None = None
     pay_to: str | None = None
     result: Any = None
     receipt: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def settled_usd(self) -> Decimal | None:
+        """What the call settled (a metered call's real cost, at most ``price_usd``), from the body's receipt."""
+        receipt = self.result.get("receipt") if isinstance(self.result, dict) else None
+        if not self.paid or not isinstance(receipt, dict) or receipt.get("amount") is None:
+            return None
+        return usd(receipt["amount"])
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -48,6 +57,8 @@ class CallReport:
             "status": self.status,
             "paid": self.paid,
             "price_usd": str(self.price_usd) if self.price_usd is not None else None,
+            "scheme": self.scheme,
+            "settled_usd": str(self.settled_usd) if self.settled_usd is not None else None,
             "network": self.network,
             "pay_to": self.pay_to,
             "result": self.result,
@@ -123,8 +134,9 @@ async def call_resource(
     on_text=None,
 ) -> CallReport:
     """POST the parameters, read the 402, get consent (``confirm(report) -> bool`` unless under ``max_price``),
-    then pay through the SDK client and return the answer with its decoded receipt. ``stream``: ask for the answer
-    as an event stream; ``on_text(text)`` gets the text as it arrives and the result is the final event."""
+    then pay through the SDK client and return the answer with its decoded receipt. ``max_price`` is a hard
+    ceiling: nothing above it is ever signed (for a metered resource, its maximum per call). ``stream``: ask for the
+    answer as an event stream; ``on_text(text)`` gets the text as it arrives and the result is the final event."""
     creator, slug = parse_target(target)
     url = f"{base_url.rstrip('/')}/{creator}/{slug}"
     async with httpx.AsyncClient(timeout=http_timeout, transport=transport) as http:
@@ -145,6 +157,7 @@ async def call_resource(
         report.price_usd = usd(requirement.amount)
         report.network = requirement.network
         report.pay_to = requirement.pay_to
+        report.scheme = requirement.scheme
         # --max-price is a hard ceiling: a price above it is never paid, whatever confirm would say (--yes).
         over_ceiling = max_price is not None and report.price_usd > max_price
         within_budget = max_price is not None and not over_ceiling

@@ -28,6 +28,7 @@ from x402.http import (
     encode_payment_required_header,
     encode_payment_response_header,
 )
+from x402.mechanisms.evm.constants import X402_UPTO_PERMIT2_PROXY_ADDRESS
 from x402.mechanisms.evm.exact import ExactEvmServerScheme
 from x402.schemas import (
     PaymentPayload,
@@ -39,6 +40,7 @@ from x402.schemas import (
 )
 
 from instant402.ops import metrics
+from instant402.payments.upto import SCHEME_UPTO, gas_sponsoring_extension, register_upto, upto_requirements
 
 if TYPE_CHECKING:
     from instant402.config import Settings
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 
 SCHEME = "exact"
 SERVICE_NAME = "instant402"
+SCHEMES = (SCHEME, SCHEME_UPTO)
 MAX_HEADER_CHARS = 16_384  # a real PAYMENT-SIGNATURE is ~1 KB; anything far larger is refused before decoding
 
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
@@ -74,8 +77,38 @@ class VerifyOutcome:
     reason: str | None = None  # stable code when not ok (the facilitator's invalidReason or ours)
     message: str | None = None  # detail for logs; may be technical, show buyers only ``reason``
     payer: str | None = None
-    nonce: str | None = None  # the EIP-3009 authorization nonce (0x + 64 hex), unique per payer
+    nonce: str | None = None  # the authorization's nonce (0x + 64 hex, see ``payment_terms``), unique per payer
     valid_before: int | None = None  # unix seconds after which the authorization can no longer be settled
+
+
+@dataclass(frozen=True)
+class PaymentTerms:
+    """What the claim and the deadlines read from a payment, whatever its scheme."""
+
+    payer: str | None
+    nonce: str | None  # 0x + 64 hex: the EIP-3009 nonce, or the Permit2 uint256 nonce (upto)
+    valid_before: int | None  # EIP-3009 validBefore, or the Permit2 deadline (upto)
+
+
+def payment_terms(payload: PaymentPayload) -> PaymentTerms:
+    """Payer, nonce and deadline of an ``exact`` (EIP-3009) or ``upto`` (Permit2) payment; None where absent."""
+    inner = payload.payload if isinstance(payload.payload, dict) else {}
+    if payload.accepted.scheme == SCHEME_UPTO:
+        auth = inner.get("permit2Authorization") or {}
+        nonce, valid_before = auth.get("nonce"), auth.get("deadline")
+        try:
+            nonce = f"0x{int(nonce):064x}"
+        except (TypeError, ValueError):
+            nonce = None
+    else:
+        auth = inner.get("authorization") or {}
+        nonce, valid_before = auth.get("nonce"), auth.get("validBefore")
+    try:
+        valid_before = int(valid_before)
+    except (TypeError, ValueError):
+        valid_before = None
+    payer = auth.get("from")
+    return PaymentTerms(payer if isinstance(payer, str) else None, nonce, valid_before)
 
 
 @dataclass(frozen=True)
@@ -115,8 +148,11 @@ class PaymentGateway:
         self.max_timeout_seconds = max_timeout_seconds
         self.server = x402ResourceServer(facilitator)
         self.server.register(network, ExactEvmServerScheme())
+        register_upto(self.server, network)
         self.server.register_extension(bazaar_resource_server_extension)
         self._started = False
+        self.upto_supported = False  # the facilitator settles ``upto`` on our network (metered resources)
+        self.upto_extensions: dict[str, Any] = {}  # the 402 extensions an ``upto`` offer carries (gas sponsoring)
         self.reachable = False  # the facilitator answered its last request (False after a transport failure)
         self.service_name = SERVICE_NAME  # Bazaar catalogs group a service's resources under it
 
@@ -146,6 +182,12 @@ class PaymentGateway:
         metrics.facilitator_request("supported", "ok", time.perf_counter() - started)
         if self.server.get_supported_kind(2, self.network, SCHEME) is None:
             raise PaymentConfigError(f"the facilitator does not support scheme {SCHEME!r} on {self.network}")
+        self.upto_supported = self.server.get_supported_kind(2, self.network, SCHEME_UPTO) is not None
+        if self.upto_supported:
+            # What the facilitator's /supported lists for upto (e.g. gas sponsoring), as the SDK kept it at initialize:
+            # no second request.
+            listed = self.server._facilitator_extensions(self.network, SCHEME_UPTO)
+            self.upto_extensions = gas_sponsoring_extension(listed)
         self._started = True
         self.reachable = True
 
@@ -177,12 +219,27 @@ class PaymentGateway:
         )
         return self.server.build_payment_requirements(config)[0]
 
+    def upto_requirements(self, max_atomic: int, pay_to: str, max_timeout_seconds: int | None = None):
+        """The ``upto`` requirement for a metered call: the buyer signs at most ``max_atomic``."""
+        if not self._started:
+            raise RuntimeError("PaymentGateway.start() must be awaited first")
+        return upto_requirements(
+            self.server,
+            network=self.network,
+            asset=self.asset_address,
+            asset_name=self.asset_name,
+            asset_version=self.asset_version,
+            max_atomic=max_atomic,
+            pay_to=pay_to,
+            max_timeout_seconds=max_timeout_seconds or self.max_timeout_seconds,
+        )
+
     def payment_required(
         self,
         resource_url: str,
         description: str,
         mime_type: str,
-        requirements: PaymentRequirements,
+        requirements: PaymentRequirements | list[PaymentRequirements],
         extensions: dict[str, Any] | None = None,
         error: str | None = None,
     ) -> PaymentRequired:
@@ -192,7 +249,7 @@ class PaymentGateway:
             resource=ResourceInfo(
                 url=resource_url, description=description, mime_type=mime_type, service_name=self.service_name
             ),
-            accepts=[requirements],
+            accepts=list(requirements) if isinstance(requirements, list) else [requirements],
             extensions=extensions or None,
         )
 
@@ -201,7 +258,7 @@ class PaymentGateway:
         resource_url: str,
         description: str,
         mime_type: str,
-        requirements: PaymentRequirements,
+        requirements: PaymentRequirements | list[PaymentRequirements],
         extensions: dict[str, Any] | None = None,
         error: str | None = None,
     ) -> tuple[str, dict[str, Any]]:
@@ -267,9 +324,12 @@ class PaymentGateway:
         EIP-3009 authorization; raises PaymentError."""
         if not isinstance(payload, PaymentPayload) or payload.x402_version != 2:
             raise PaymentError("unsupported_x402_version", "Only x402 version 2 payments are accepted.")
-        if payload.accepted.scheme != SCHEME:
-            raise PaymentError("unsupported_scheme", f"Only the {SCHEME!r} scheme is accepted.")
-        _check_authorization(payload.payload)
+        if payload.accepted.scheme not in SCHEMES:
+            raise PaymentError("unsupported_scheme", "Only the 'exact' and 'upto' schemes are accepted.")
+        if payload.accepted.scheme == SCHEME_UPTO:
+            _check_permit2_authorization(payload.payload)
+        else:
+            _check_authorization(payload.payload)
         return payload
 
     # -- verify and settle ----------------------------------------------------------------------------------
@@ -288,25 +348,38 @@ class PaymentGateway:
             return "pay_to_mismatch"
         return "requirements_mismatch"
 
+    @staticmethod
+    def _upto_mismatch(payload: PaymentPayload, requirements: PaymentRequirements) -> str | None:
+        """What the buyer actually signed for ``upto``: the maximum, the asset, the payee and the spender (the x402
+        upto proxy), checked here so each refusal has its own reason before the facilitator is asked."""
+        auth = payload.payload["permit2Authorization"]
+        if auth["permitted"]["token"].lower() != requirements.asset.lower():
+            return "asset_mismatch"
+        if int(auth["permitted"]["amount"]) != int(requirements.amount):
+            return "amount_mismatch"  # a maximum below the resource's (or above: never settle more than quoted)
+        if auth["spender"].lower() != X402_UPTO_PERMIT2_PROXY_ADDRESS.lower():
+            return "invalid_spender"
+        if auth["witness"]["to"].lower() != requirements.pay_to.lower():
+            return "pay_to_mismatch"
+        return None
+
     async def verify(
         self, payload: PaymentPayload, requirements: PaymentRequirements, resource_url: str | None = None
     ) -> VerifyOutcome:
         """Check the payment is for ``requirements`` (and ``resource_url`` when given), then ask the facilitator."""
-        auth = payload.payload.get("authorization") or {}
-        payer, nonce = auth.get("from"), auth.get("nonce")
-        try:
-            valid_before = int(auth.get("validBefore"))
-        except (TypeError, ValueError):
-            valid_before = None
+        terms = payment_terms(payload)
+        payer, nonce, valid_before = terms.payer, terms.nonce, terms.valid_before
         base = {"payer": payer, "nonce": nonce, "valid_before": valid_before}
         mismatch = self._mismatch(payload, requirements)
+        if not mismatch and requirements.scheme == SCHEME_UPTO:
+            mismatch = self._upto_mismatch(payload, requirements)
         if mismatch:
             return VerifyOutcome(False, mismatch, "The payment is not for this resource's requirements.", **base)
         if resource_url and payload.resource and payload.resource.url != resource_url:
             return VerifyOutcome(False, "resource_mismatch", "The payment was made for another resource.", **base)
         started = time.perf_counter()
         try:
-            result = await self.server.verify_payment(payload, requirements)
+            result = await self.server.verify_payment(payload, requirements, **self._declared(requirements))
         except Exception as exc:
             log.warning("facilitator verify failed: %s", exc)
             self._unreachable("verify", started)
@@ -317,11 +390,17 @@ class PaymentGateway:
             return VerifyOutcome(False, verify.invalid_reason or "invalid_payment", verify.invalid_message, **base)
         return VerifyOutcome(True, None, None, payer=verify.payer or payer, nonce=nonce, valid_before=valid_before)
 
+    def _declared(self, requirements: PaymentRequirements) -> dict[str, Any]:
+        """An ``upto`` offer declared gas sponsoring: the facilitator may use the buyer's signed EIP-2612 permit."""
+        if requirements.scheme == SCHEME_UPTO and self.upto_extensions:
+            return {"declared_extensions": self.upto_extensions}
+        return {}
+
     async def settle(self, payload: PaymentPayload, requirements: PaymentRequirements) -> SettleOutcome:
         """Ask the facilitator to execute the transfer; never raises."""
         started = time.perf_counter()
         try:
-            result = await self.server.settle_payment(payload, requirements)
+            result = await self.server.settle_payment(payload, requirements, **self._declared(requirements))
         except Exception as exc:
             log.warning("facilitator settle failed: %s", exc)
             self._unreachable("settle", started)
@@ -373,5 +452,33 @@ def _check_authorization(inner: dict[str, Any]) -> None:
         value = auth.get(field)
         if not isinstance(value, str) or not pattern.match(value):
             raise PaymentError("invalid_payload", f"The authorization field {field!r} is missing or malformed.")
+    if not isinstance(signature, str) or not _HEX.match(signature):
+        raise PaymentError("invalid_payload", "The payment signature is missing or malformed.")
+
+
+def _check_permit2_authorization(inner: dict[str, Any]) -> None:
+    """The Permit2 ``permitWitnessTransferFrom`` fields of an ``upto`` payment, well-formed before any facilitator."""
+    auth = inner.get("permit2Authorization") if isinstance(inner, dict) else None
+    signature = inner.get("signature") if isinstance(inner, dict) else None
+    if not isinstance(auth, dict):
+        raise PaymentError("invalid_payload", "The payment has no Permit2 authorization.")
+    permitted, witness = auth.get("permitted"), auth.get("witness")
+    if not isinstance(permitted, dict) or not isinstance(witness, dict):
+        raise PaymentError("invalid_payload", "The Permit2 authorization has no permitted amount or witness.")
+    checks = [
+        (auth, "from", _ADDRESS),
+        (auth, "spender", _ADDRESS),
+        (auth, "nonce", _UINT),
+        (auth, "deadline", _UINT),
+        (permitted, "token", _ADDRESS),
+        (permitted, "amount", _UINT),
+        (witness, "to", _ADDRESS),
+        (witness, "facilitator", _ADDRESS),
+        (witness, "validAfter", _UINT),
+    ]
+    for fields, field, pattern in checks:
+        value = fields.get(field)
+        if not isinstance(value, str) or not pattern.match(value) or (pattern is _UINT and int(value) >= 2**256):
+            raise PaymentError("invalid_payload", f"The Permit2 authorization field {field!r} is missing or malformed.")
     if not isinstance(signature, str) or not _HEX.match(signature):
         raise PaymentError("invalid_payload", "The payment signature is missing or malformed.")

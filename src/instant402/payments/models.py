@@ -34,6 +34,7 @@ class PaymentClaim(Base):
     payment_digest: Mapped[str | None] = mapped_column(String(64))
     request_digest: Mapped[str | None] = mapped_column(String(64))
     payment_id: Mapped[str | None] = mapped_column(String(128))
+    scheme: Mapped[str | None] = mapped_column(String(16))  # None: exact (EIP-3009); upto: a Permit2 nonce
 
 
 class KeptResult(Base):

@@ -68,6 +68,42 @@ def metered_charge(upstream_cost: Decimal, markup: Decimal, fee_atomic: int, max
     return MeteredCharge(cost, markup, int(fee_atomic), int(max_atomic), variable + int(fee_atomic))
 
 
+def _usd6(atomic: int) -> str:
+    return format(Decimal(int(atomic)).scaleb(-6).quantize(Decimal("0.000001")), "f")
+
+
+def x_payment_info(resource: Any) -> dict[str, Any]:
+    """The OpenAPI ``x-payment-info`` of a resource's operation: a fixed price, or for a metered resource a dynamic
+    one from its fee (a call whose model cost nothing) to its maximum per call."""
+    if resource.pricing_mode != METERED:
+        return {"mode": "fixed", "currency": "USD", "amount": _usd6(resource.price_atomic)}
+    return {
+        "mode": "dynamic",
+        "currency": "USD",
+        "min": _usd6(resource.fee_atomic or 0),
+        "max": _usd6(resource.max_price_atomic),
+    }
+
+
+def pricing_view(resource: Any) -> dict[str, Any]:
+    """How a call is priced, for the public page and the resource's JSON: truthful for both modes."""
+    if resource.pricing_mode != METERED:
+        return {"mode": FLAT, "summary": "A fixed price per call."}
+    markup = format(Decimal(resource.markup).normalize(), "f")
+    fee, maximum = int(resource.fee_atomic or 0), int(resource.max_price_atomic)
+    fee_text = f" + ${_usd6(fee)}" if fee else ""
+    return {
+        "mode": METERED,
+        "markup": markup,
+        "fee_atomic": str(fee),
+        "max_atomic": str(maximum),
+        "summary": (
+            f"You pay the model's real cost × {markup}{fee_text}, at most ${_usd6(maximum)} per call; "
+            "you sign the maximum and only the actual amount is settled."
+        ),
+    }
+
+
 def charge_for(resource: Any, upstream_cost: Decimal) -> MeteredCharge:
     """``metered_charge`` with a metered resource's own markup, fee and maximum (a Resource, ResourceRow or
     Definition)."""

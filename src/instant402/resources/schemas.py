@@ -11,6 +11,7 @@ from typing import Any
 
 from instant402.resources.estimate import usd_string
 from instant402.resources.params import ParamSpec, compiled
+from instant402.resources.pricing import pricing_view
 
 _JSON_TYPES = {"string": "string", "integer": "integer", "number": "number", "boolean": "boolean", "enum": "string"}
 
@@ -273,7 +274,8 @@ def public_view(resource: Any, public_url: str, stats: Any) -> dict[str, Any]:
         "parameters": public_parameters(resource),
         "input_schema": input_schema(resource),
         "output": output_description(resource),
-        "price": price_view(resource.price_atomic, resource.network),
+        "price": price_view(resource.price_atomic, resource.network),  # a metered resource's: its maximum
+        "pricing": pricing_view(resource),
         "network": resource.network,
         "endpoint": endpoint_url(public_url, creator, resource.slug),
         "status": resource.status,

@@ -26,6 +26,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select
@@ -41,17 +42,19 @@ from instant402.db.base import utcnow
 from instant402.db.sqlite_loop import quick_write
 from instant402.discovery import bazaar
 from instant402.errors import ApiError
-from instant402.execution import budgets, jobs
+from instant402.execution import budgets, jobs, notify
 from instant402.execution.creator_limits import LimitsView
 from instant402.execution.limits import OverCapacity, RateLimited
-from instant402.execution.models import Job
+from instant402.execution.models import Job, Notification
 from instant402.execution.runner import RunOutcome, run_resource
 from instant402.keys.service import KeyUnavailable, open_key_for_upstream
 from instant402.ops import metrics
-from instant402.payments.gateway import PaymentGateway, SettleOutcome
+from instant402.payments.gateway import PaymentGateway, SettleOutcome, payment_terms
 from instant402.payments.models import KeptResult, PaymentClaim
+from instant402.payments.upto import SCHEME_UPTO, settlement_requirements
 from instant402.resources.models import AnyResource
 from instant402.resources.params import validate_input
+from instant402.resources.pricing import METERED, MeteredCharge, charge_for
 from instant402.resources.schemas import endpoint_url
 from instant402.resources.service import get_for_call
 from instant402.runtime import Runtime, payments_unavailable
@@ -87,9 +90,17 @@ class Quote:
 
     resource: AnyResource
     url: str
-    requirements: PaymentRequirements
+    requirements: PaymentRequirements  # the first offer (a flat resource's only one)
     extensions: dict[str, Any]
     first_answer: tuple[str, dict[str, Any]]  # the 402 before any payment: header value and body
+    accepts: list[PaymentRequirements]  # every offer: a metered resource's ``upto`` and ``exact`` at its maximum
+
+    def requirement_for(self, payload: PaymentPayload) -> PaymentRequirements:
+        """The offer the payment chose (by scheme); the first one when it names none of ours (verify refuses it)."""
+        for requirements in self.accepts:
+            if requirements.scheme == payload.accepted.scheme:
+                return requirements
+        return self.requirements
 
 
 @dataclass(slots=True)
@@ -190,16 +201,22 @@ def quote(rt: Runtime, gateway: PaymentGateway, resource: AnyResource) -> Quote:
     if cached is None:
         timeout = payment_timeout_seconds(resource, rt.settings.max_timeout_seconds)
         url = endpoint_url(rt.settings.public_url, resource.owner.username, resource.slug)
-        requirements = gateway.requirements(resource.price_atomic, pay_to, timeout)
+        accepts = [gateway.requirements(resource.price_atomic, pay_to, timeout)]
         extensions = {
             **bazaar.http_extension(resource),
             # Clients may name each purchase: retrying with the same identifier never buys the call twice.
             PAYMENT_IDENTIFIER: declare_payment_identifier_extension(required=False),
         }
-        first = _answer(gateway, resource, url, requirements, extensions, None)
+        if resource.pricing_mode == METERED and gateway.upto_supported:
+            # Metered: ``upto`` with the maximum first (settled at the real cost after the run), then ``exact`` at
+            # the maximum for clients without ``upto``. price_atomic of a metered resource is its maximum.
+            accepts.insert(0, gateway.upto_requirements(resource.price_atomic, pay_to, timeout))
+            extensions.update(gateway.upto_extensions)
+        answer_with = accepts if len(accepts) > 1 else accepts[0]
+        first = _answer(gateway, resource, url, answer_with, extensions, None)
         if len(rt.quotes) >= _QUOTES_LIMIT:
             rt.quotes.clear()
-        cached = rt.quotes[key] = (url, requirements, extensions, first)
+        cached = rt.quotes[key] = (url, accepts[0], extensions, first, accepts)
     return Quote(resource, *cached)
 
 
@@ -220,7 +237,8 @@ def payment_required(prepared: Prepared, reason: str | None = None) -> tuple[str
     metrics.paid_call("quoted" if reason is None else "refused", label(q.resource))
     if reason is None:
         return q.first_answer
-    return _answer(prepared.gateway, q.resource, q.url, q.requirements, q.extensions, reason)
+    answer_with = q.accepts if len(q.accepts) > 1 else q.requirements
+    return _answer(prepared.gateway, q.resource, q.url, answer_with, q.extensions, reason)
 
 
 # --- 2. complete: hold, verify, claim, run, settle, record -------------------------------------------------------
@@ -254,6 +272,11 @@ class Sale:
     def resource(self) -> AnyResource:
         return self.prepared.quote.resource
 
+    @property
+    def requirements(self) -> PaymentRequirements:
+        """The offer this payment is for (verified, claimed and settled against)."""
+        return self.prepared.quote.requirement_for(self.payload)
+
     def deadline(self, rt: Runtime) -> float:
         """When the run must end: before the authorization expires, leaving time to settle."""
         deadline = time.time() + payment_timeout_seconds(self.resource, rt.settings.max_timeout_seconds)
@@ -284,7 +307,7 @@ async def admitted(rt: Runtime, prepared: Prepared, payload: PaymentPayload) -> 
     """Admission, before the payment is verified: the payer's rate, an upstream slot of the creator's and the worst
     case held from today's budget (released or replaced by the actual cost on the way out). A refusal here touches
     no payment."""
-    payer = str(payload.payload.get("authorization", {}).get("from", ""))
+    payer = payment_terms(payload).payer or ""
     try:
         await rt.limits.check_payer(payer)
         async with rt.limits.upstream_slot(str(prepared.resource.owner_id)):
@@ -347,7 +370,7 @@ async def verify(rt: Runtime, sale: Sale) -> Outcome | None:
     verified = None
     if refusal is None:
         started = time.perf_counter()
-        verified = await sale.prepared.gateway.verify(sale.payload, q.requirements, q.url)
+        verified = await sale.prepared.gateway.verify(sale.payload, sale.requirements, q.url)
         sale.verify_ms = int((time.perf_counter() - started) * 1000)
         if not verified.ok and verified.reason == "facilitator_unavailable":
             # Not the buyer's fault and nothing charged: the same answer as while the facilitator is known down.
@@ -375,12 +398,11 @@ def check_terms(rt: Runtime, sale: Sale) -> PaymentRefused | None:
         # The resource field is not signed, so this is advisory; but a payment made out for another resource (or
         # for none) is not spent on this one.
         return PaymentRefused("resource_mismatch", "The payment must name this resource's URL as its resource.")
-    try:
-        valid_before = int((sale.payload.payload.get("authorization") or {}).get("validBefore"))
-    except (TypeError, ValueError):
+    valid_before = payment_terms(sale.payload).valid_before
+    if valid_before is None:
         return PaymentRefused("invalid_payload", "The authorization has no valid validBefore.")
     now = time.time()
-    if valid_before > now + sale.prepared.quote.requirements.max_timeout_seconds + 60:
+    if valid_before > now + sale.requirements.max_timeout_seconds + 60:
         return PaymentRefused("valid_before_too_far", "The authorization's validBefore is beyond maxTimeoutSeconds.")
     if valid_before < now + rt.settings.settle_margin_seconds + rt.settings.min_run_seconds:
         return PaymentRefused(
@@ -411,13 +433,12 @@ async def _claimed_before(rt: Runtime, sale: Sale) -> Outcome:
 
 async def claim_long_run(rt: Runtime, sale: Sale) -> PaymentRefused | Queued:
     """A long run becomes a job bound to this payment, created with the claim; the job runner finishes the sale."""
-    q = sale.prepared.quote
     token, digest = jobs.new_token()
     job = jobs.new_job(
         sale.resource,
         sale.prepared.values,
         sale.payload,
-        q.requirements,
+        sale.requirements,
         token_hash=digest,
         valid_before=jobs.as_datetime(sale.valid_before),
         budget_hold_pusd=sale.hold.pusd if sale.hold else 0,
@@ -485,9 +506,9 @@ def request_digest(resource_id: int, values: dict[str, Any] | None) -> str:
 
 
 async def _earlier(rt: Runtime, sale: Sale, by_identifier: bool):
-    auth = sale.payload.payload.get("authorization") or {}
+    terms = payment_terms(sale.payload)
     network = sale.prepared.quote.requirements.network
-    payer, nonce = str(auth.get("from", "")).lower(), str(auth.get("nonce", "")).lower()
+    payer, nonce = str(terms.payer or "").lower(), str(terms.nonce or "").lower()
     identifier = extract_payment_identifier(sale.payload) if by_identifier else None
     async with rt.db.sessions() as db:
         query = _EARLIER.where(_claims.c.network == network, _claims.c.payer == payer)
@@ -545,7 +566,7 @@ async def answer_again(rt: Runtime, sale: Sale, *, by_identifier: bool) -> Outco
         owner_id=sale.resource.owner_id,
         kind=UsageKind.paid,
         status=UsageStatus.redelivered,
-        payer=str((sale.payload.payload.get("authorization") or {}).get("from", "")) or None,
+        payer=payment_terms(sale.payload).payer or None,
         amount_atomic=0,
         network=sale.prepared.quote.requirements.network,
         finished_at=utcnow(),
@@ -570,7 +591,7 @@ async def _check_exposure(rt: Runtime, sale: Sale) -> PaymentRefused | None:
     Every process sees every claim, so two concurrent calls cannot both slip under the balance."""
     if rt.chain is None:
         return None
-    requirements = sale.prepared.quote.requirements
+    requirements = sale.requirements
     own = int(requirements.amount)
     async with rt.db.sessions() as db:
         query = _OUTSTANDING.where(_claims.c.network == requirements.network, _claims.c.payer == sale.payer.lower())
@@ -610,7 +631,7 @@ async def _claim(rt: Runtime, sale: Sale, job: Job | None):
     """Insert the attempt, its payment claim (and the job of a long run) together, and open the creator's key in the
     same transaction (its audit count commits with the claim). Returns (usage id, key), or None when the payment
     was already used; the key is None for jobs, or when it cannot be opened (the run reports why)."""
-    r, requirements = sale.prepared.resource, sale.prepared.quote.requirements
+    r, requirements = sale.prepared.resource, sale.requirements
     async with rt.db.sessions() as db:
         usage_id = await add_usage(
             db,
@@ -636,6 +657,7 @@ async def _claim(rt: Runtime, sale: Sale, job: Job | None):
             "payment_digest": payment_digest(sale.payload),
             "request_digest": request_digest(r.id, sale.prepared.values),
             "payment_id": extract_payment_identifier(sale.payload),
+            "scheme": SCHEME_UPTO if requirements.scheme == SCHEME_UPTO else None,
         }
         try:
             # The claim's unique key refuses a replay here (PostgreSQL waits for a concurrent first claim to end).
@@ -662,9 +684,12 @@ async def _claim(rt: Runtime, sale: Sale, job: Job | None):
 async def settle(rt: Runtime, sale: Sale, result: dict[str, Any], outcome: RunOutcome | None) -> Outcome:
     """The settle step of a sale in this process (``settle_and_record``), counted for the operator."""
     name = label(sale.resource)
+    requirements = sale.requirements
+    billed = outcome.billed_usd if outcome is not None else await _billed_usd(rt, sale.usage_id)
+    charged = bill(sale.resource, requirements, billed)
     try:
         answer = await settle_and_record(
-            rt, sale.prepared.gateway, sale.usage_id, sale.payload, sale.prepared.quote.requirements, result, outcome
+            rt, sale.prepared.gateway, sale.usage_id, sale.payload, requirements, result, outcome, bill=charged
         )
     except ApiError as err:
         if err.code == "settlement_pending":
@@ -672,6 +697,13 @@ async def settle(rt: Runtime, sale: Sale, result: dict[str, Any], outcome: RunOu
         raise
     metrics.paid_call("settled" if isinstance(answer, Delivered) else "settle_failed", name)
     return answer
+
+
+async def _billed_usd(rt: Runtime, usage_id: int) -> Any:
+    """The upstream cost a door's run already put on the usage row (a metered call settles it)."""
+    async with rt.db.sessions() as db:
+        row = await db.get(UsageRecord, usage_id)
+        return row.upstream_cost if row is not None else None
 
 
 async def settle_and_record(
@@ -684,13 +716,19 @@ async def settle_and_record(
     outcome: RunOutcome | None = None,
     *,
     kept: bool = False,
+    bill: Bill | None = None,
 ) -> Outcome:
     """Keep the delivered result, settle, then record: the result goes out only when the money moved, and once it
     may have moved the buyer can always have it. ``outcome`` is the run's, when its figures are not on the usage
-    row yet; ``kept`` when the result is kept already. An unknown settlement outcome is recorded as pending and
-    answered 503 (re-send the same payment)."""
+    row yet; ``kept`` when the result is kept already. ``bill``: what a metered call settles (see ``bill()``), kept
+    with the result so a retried settlement settles the same amount. An unknown settlement outcome is recorded as
+    pending and answered 503 (re-send the same payment)."""
+    if bill is not None:
+        requirements = bill.requirements
+        result = {**result, "receipt": bill.receipt or result.get("receipt")}
     if not kept:
-        await settlement.keep(rt, usage_id, result, payload, requirements, outcome_fields(outcome) if outcome else {})
+        fields = {**(outcome_fields(outcome) if outcome else {}), **(bill.usage if bill else {})}
+        await settlement.keep(rt, usage_id, result, payload, requirements, fields)
     started = time.perf_counter()
     settled = await gateway.settle(payload, requirements)
     settle_ms = int((time.perf_counter() - started) * 1000)
@@ -710,8 +748,11 @@ async def settle_and_record(
             # The buyer has paid: a failing bookkeeping write must not cost them the result. The row stays
             # "running" with its kept result; the reconciler finds the transaction on chain.
             log.exception("recording settled call %s failed (transaction %s)", usage_id, settled.transaction)
-            body = {**result, "receipt": receipt(settled, requirements, _payer(payload))}
+            extra = result.get("receipt") or {}
+            body = {**result, "receipt": {**receipt(settled, requirements, _payer(payload)), **extra}}
             header = gateway.payment_response_header(settled)
+        if bill is not None and bill.charge is not None and bill.charge.capped:
+            await _tell_capped(rt, usage_id, bill.charge)
         return Delivered(body, header, settled)
     if settlement.outcome_unknown(settled):
         await settlement.mark_pending(rt, usage_id, settled.reason, settle_ms=settle_ms)
@@ -739,7 +780,76 @@ def settlement_pending(reason: str | None) -> ApiError:
 
 
 def _payer(payload: PaymentPayload) -> str | None:
-    return (payload.payload.get("authorization") or {}).get("from")
+    return payment_terms(payload).payer
+
+
+# --- metered calls -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Bill:
+    """What a call on a metered resource settles: ``requirements`` with the amount to settle, the receipt's extra
+    fields (the maximum, the breakdown) and the usage row's."""
+
+    requirements: PaymentRequirements
+    receipt: dict[str, Any]
+    usage: dict[str, Any]
+    charge: MeteredCharge | None = None
+
+
+def bill(resource: AnyResource, requirements: PaymentRequirements, billed_usd: Any) -> Bill | None:
+    """None for a flat resource (settle the price). A metered resource's ``upto`` payment settles
+    ``charge_for(resource, the upstream cost of every billed attempt)``, never above the signed maximum; its
+    ``exact`` payment (a client without ``upto``) settles the maximum it signed."""
+    if resource.pricing_mode != METERED:
+        return None
+    maximum = int(requirements.amount)
+    if requirements.scheme != SCHEME_UPTO:
+        return Bill(requirements, {"max_amount": str(maximum)}, {"max_amount_atomic": maximum})
+    charge = charge_for(resource, billed_usd or 0)
+    amount = min(charge.settled_atomic, maximum)
+    breakdown = charge.as_dict()
+    return Bill(
+        settlement_requirements(requirements, amount),
+        {"max_amount": str(maximum), "breakdown": breakdown},
+        {"amount_atomic": amount, "max_amount_atomic": maximum, "charge_breakdown": breakdown},
+        charge,
+    )
+
+
+_CAPPED = "metered_max_reached"
+
+
+def _usd(atomic: int) -> str:
+    return format(Decimal(atomic).scaleb(-6), "f")
+
+
+async def _tell_capped(rt: Runtime, usage_id: int, charge: MeteredCharge) -> None:
+    """The real cost was above the maximum: the call settled the maximum and the creator's margin shrank (or went
+    negative). Tell them once per resource and day: the maximum, markup or model may need a look."""
+    try:
+        async with rt.db.sessions() as db:
+            row = await db.get(UsageRecord, usage_id)
+            owner_id, resource_id = row.owner_id, row.resource_id
+            message = (
+                f"A call to your metered resource #{resource_id} cost more than its maximum per call: it settled "
+                f"the maximum (${_usd(charge.max_atomic)}) instead of ${_usd(charge.uncapped_atomic)}. Consider "
+                "raising the maximum, or lowering max_tokens or the markup."
+            )
+            day = datetime.combine(utcnow().date(), datetime.min.time(), UTC)
+            seen = await db.scalar(
+                select(Notification.id).where(
+                    Notification.user_id == owner_id,
+                    Notification.kind == _CAPPED,
+                    Notification.created_at >= day,
+                    Notification.message.startswith(f"A call to your metered resource #{resource_id} "),
+                )
+            )
+        if seen is None:
+            details = {"resource_id": resource_id, **charge.as_dict()}
+            await notify.notify(rt, owner_id, _CAPPED, message, details, dedupe=False)
+    except Exception:
+        log.exception("could not tell the creator about capped call %s", usage_id)
 
 
 def receipt(settled: SettleOutcome, requirements: PaymentRequirements, payer: str | None = None) -> dict[str, Any]:

@@ -20,11 +20,12 @@ from instant402.execution import budgets
 from instant402.execution.limits import OverCapacity
 from instant402.execution.models import Job, JobState
 from instant402.execution.runner import run_resource
+from instant402.payments.gateway import payment_terms
 from instant402.payments.models import KeptResult
 from instant402.resources.models import Resource
 from instant402.runtime import Runtime
 from instant402.sales import settlement
-from instant402.sales.core import Delivered, finish_usage, settle_and_record, success_body
+from instant402.sales.core import Delivered, bill, finish_usage, settle_and_record, success_body
 from instant402.usage.models import UsageRecord, UsageStatus
 
 
@@ -62,18 +63,30 @@ async def execute(rt: Runtime, job_id: int, worker_id: str, settling: set[int] |
         await _update(rt, job, worker_id, result=result)
     if settling is not None:
         settling.add(job_id)
-    return await _settle(rt, job, worker_id, result, valid_before, resumed)
+    return await _settle(rt, job, worker_id, result, valid_before, resumed, resource)
 
 
 async def _settle(
-    rt: Runtime, job: Job, worker_id: str, result: dict[str, Any], valid_before: float, resumed: bool = False
+    rt: Runtime,
+    job: Job,
+    worker_id: str,
+    result: dict[str, Any],
+    valid_before: float,
+    resumed: bool = False,
+    resource: Resource | None = None,
 ) -> str:
     payload = PaymentPayload.model_validate(job.payment_payload)
     requirements = PaymentRequirements.model_validate(job.requirements)
+    # A metered call settles the upstream cost of every billed attempt of every run of this job (on the usage row).
+    charged = bill(resource, requirements, await _billed(rt, job)) if resource is not None else None
     if resumed:
         # An earlier run of this job delivered and may have settled before its process died: ask the chain (or
         # the facilitator, while the authorization is valid) before settling again.
-        await settlement.keep(rt, job.usage_id, result, payload, requirements, {}, again=True)
+        settle_with, kept_result, fields = requirements, result, {}
+        if charged is not None:
+            settle_with, fields = charged.requirements, charged.usage
+            kept_result = {**result, "receipt": charged.receipt or result.get("receipt")}
+        await settlement.keep(rt, job.usage_id, kept_result, payload, settle_with, fields, again=True)
         status = await settlement.resolve(rt, job.usage_id)
         if status == UsageStatus.succeeded:
             return await _deliver_kept(rt, job, worker_id, result)
@@ -85,12 +98,16 @@ async def _settle(
     gateway = await rt.payments()
     started = time.perf_counter()
     try:
-        outcome = await settle_and_record(rt, gateway, job.usage_id, payload, requirements, result, kept=resumed)
+        outcome = await settle_and_record(
+            rt, gateway, job.usage_id, payload, requirements, result, kept=resumed, bill=charged
+        )
     except ApiError as err:
         if err.code != "settlement_pending":
             raise
         if rt.chain is None and resumed and NONCE_USED in str(err.details.get("reason")):
             # No chain to ask: the claim is this job's alone, so a spent authorization means the buyer paid.
+            if charged is not None:
+                requirements, result = charged.requirements, {**result, "receipt": charged.receipt}
             return await _delivered(
                 rt, job, worker_id, result, requirements, int((time.perf_counter() - started) * 1000)
             )
@@ -108,6 +125,12 @@ async def _settle(
         finished_at=utcnow(),
     )
     return JobState.succeeded
+
+
+async def _billed(rt: Runtime, job: Job):
+    async with rt.db.sessions() as db:
+        row = await db.get(UsageRecord, job.usage_id)
+        return row.upstream_cost if row is not None else None
 
 
 async def _earlier_runs(rt: Runtime, job: Job):
@@ -144,7 +167,7 @@ async def _deliver_kept(rt: Runtime, job: Job, worker_id: str, result: dict[str,
 
 
 async def _delivered(rt: Runtime, job: Job, worker_id: str, result, requirements, settle_ms: int) -> str:
-    payer = job.payment_payload.get("payload", {}).get("authorization", {}).get("from")
+    payer = payment_terms(PaymentPayload.model_validate(job.payment_payload)).payer
     body, header = await settlement.mark_settled(
         rt,
         job.usage_id,

@@ -4,8 +4,9 @@ A delivered run's result is kept in the database *before* settlement is asked fo
 dropped connection, a facilitator that times out, a process killed mid-settle) the buyer who paid can have it by
 re-sending the same payment. A settlement whose outcome the facilitator left unknown is recorded as ``pending``
 and resolved later (``resolve``): the chain says whether the authorization was used (EIP-3009
-``authorizationState``) and by which transaction; otherwise settlement is retried while the authorization is
-valid; an authorization that expired unused was never charged.
+``authorizationState``, or Permit2's nonce bitmap for ``upto``) and by which transaction; otherwise settlement is
+retried while the authorization is valid, with the amount the sale decided (kept with the result); an authorization
+that expired unused was never charged.
 """
 
 from __future__ import annotations
@@ -95,7 +96,9 @@ async def mark_settled(
     """Record the settlement: the usage row succeeds with its transaction, the kept result gets its receipt and
     ``PAYMENT-RESPONSE``. Returns both, for delivery."""
     network = requirements.network
-    body = {**result, "receipt": receipt(network, transaction, payer, requirements.amount)}
+    # A metered call's result carries its receipt's extra fields (maximum, breakdown) from before settlement.
+    extra = result.get("receipt") or {}
+    body = {**result, "receipt": {**receipt(network, transaction, payer, requirements.amount), **extra}}
     response = response or SettleResponse(success=True, transaction=transaction or "", network=network, payer=payer)
     header = encode_payment_response_header(response)
     async with rt.db.sessions() as db:
@@ -162,6 +165,7 @@ async def resolve(rt: Runtime, usage_id: int) -> str:
                     _claims.c.payer,
                     _claims.c.nonce,
                     _claims.c.valid_before,
+                    _claims.c.scheme,
                     _kept.c.body,
                     _kept.c.payment,
                     _kept.c.requirements,
@@ -176,8 +180,9 @@ async def resolve(rt: Runtime, usage_id: int) -> str:
     requirements = PaymentRequirements.model_validate(row.requirements) if row.requirements else None
     if rt.chain is not None and row.asset:
         try:
-            used = await rt.chain.authorization_used(row.asset, row.payer, row.nonce)
-            transaction = await rt.chain.authorization_transaction(row.asset, row.payer, row.nonce) if used else None
+            payment = (row.asset, row.payer, row.nonce, row.scheme)
+            used = await rt.chain.payment_used(*payment)
+            transaction = await rt.chain.payment_transaction(*payment) if used else None
         except Exception as exc:  # the RPC is down: decide later
             log.warning("chain check for paid call %s failed: %s", usage_id, exc)
             return row.status

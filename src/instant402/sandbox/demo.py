@@ -86,6 +86,22 @@ DEMO_RESOURCES = [
         "output_kind": "image",
         "price_atomic": 50_000,
     },
+    {
+        # Metered (x402 ``upto``): the buyer signs at most $0.02 and pays the model's real cost × 1.5 + $0.001.
+        "slug": "summary",
+        "name": "Summary, priced by length",
+        "description": "A short summary of the text you send; you pay what the model cost, plus a small margin.",
+        "tags": ["text", "metered"],
+        "model_id": "openai/gpt-4o-mini",
+        "system_prompt": "Summarize faithfully in at most three sentences.",
+        "prompt_template": "Summarize this text:\n{{text}}",
+        "parameters": [{"name": "text", "type": "string", "required": True, "max_length": 8000}],
+        "max_tokens": 200,
+        "pricing_mode": "metered",
+        "markup": "1.5",
+        "fee_atomic": 1_000,
+        "max_price_atomic": 20_000,
+    },
 ]
 
 

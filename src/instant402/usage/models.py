@@ -6,7 +6,20 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, bindparam, false, insert, update
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    bindparam,
+    false,
+    insert,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -47,6 +60,9 @@ class UsageRecord(Base):
     error_detail: Mapped[str | None] = mapped_column(Text)
     payer: Mapped[str | None] = mapped_column(String(42), index=True)
     amount_atomic: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Metered calls: the signed maximum and how the settled amount was reached (None for flat calls).
+    max_amount_atomic: Mapped[int | None] = mapped_column(BigInteger)
+    charge_breakdown: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     network: Mapped[str | None] = mapped_column(String(64))
     asset: Mapped[str | None] = mapped_column(String(42))
     pay_to: Mapped[str | None] = mapped_column(String(42))

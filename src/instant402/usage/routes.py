@@ -30,6 +30,8 @@ def attempt_out(row: UsageRecord) -> dict:
         "error_detail": row.error_detail,
         "payer": row.payer,
         "amount_atomic": row.amount_atomic,
+        "max_amount_atomic": row.max_amount_atomic,  # metered calls: the signed maximum; amount_atomic is settled
+        "charge_breakdown": row.charge_breakdown,
         "network": row.network,
         "transaction": row.transaction_hash,
         "model_requested": row.model_requested,

@@ -75,18 +75,18 @@ def _default(kind: str, raw: str, path: str, problems: dict[str, str]) -> Any:
     return raw
 
 
-def price_to_atomic(raw: str, problems: dict[str, str]) -> int | None:
+def price_to_atomic(raw: str, problems: dict[str, str], field: str = "price_atomic") -> int | None:
     try:
         amount = Decimal(raw.strip().lstrip("$"))
     except InvalidOperation:
-        problems["price_atomic"] = "Give a price in USD, e.g. 0.01."
+        problems[field] = "Give a price in USD, e.g. 0.01."
         return None
     if not amount.is_finite():
-        problems["price_atomic"] = "Give a price in USD, e.g. 0.01."
+        problems[field] = "Give a price in USD, e.g. 0.01."
         return None
     atomic = amount * ATOMIC_PER_USD
     if atomic != atomic.to_integral_value():
-        problems["price_atomic"] = "USDC has 6 decimals: at most 6 digits after the point."
+        problems[field] = "USDC has 6 decimals: at most 6 digits after the point."
         return None
     return int(atomic)
 
@@ -115,6 +115,7 @@ def form_values(form: Any) -> dict[str, Any]:
         "price",
         "pay_to",
     )
+    names += ("pricing_mode", "markup", "fee", "max_price")
     values = {name: str(form.get(name, "")) for name in names}
     values["params"] = param_rows(form)
     return values
@@ -139,7 +140,16 @@ def definition_from_form(values: dict[str, Any]) -> dict[str, Any]:
     body["top_p"] = _number(values["top_p"].strip(), "top_p", problems)
     if (max_tokens := _number(values["max_tokens"].strip(), "max_tokens", problems, integer=True)) is not None:
         body["max_tokens"] = max_tokens
-    body["price_atomic"] = price_to_atomic(values["price"], problems)
+    if values.get("pricing_mode") == "metered":
+        # Metered: cost × markup + fee, at most the maximum (x402 ``upto``); the maximum is what a call costs at most.
+        body["pricing_mode"] = "metered"
+        body["markup"] = values["markup"].strip() or None
+        body["fee_atomic"] = price_to_atomic(values["fee"] or "0", problems, "fee_atomic")
+        body["max_price_atomic"] = price_to_atomic(values["max_price"], problems, "max_price_atomic")
+    else:
+        body["price_atomic"] = price_to_atomic(values["price"], problems)
+        if values.get("pricing_mode") == "flat":
+            body.update(pricing_mode="flat", markup=None, fee_atomic=None, max_price_atomic=None)
     body["pay_to"] = values["pay_to"].strip() or None
     body["output_schema"] = None
     if body["output_kind"] == "json" and values["output_schema"].strip():
@@ -219,6 +229,10 @@ def values_of(resource: Any) -> dict[str, Any]:
         "output_kind": resource.output_kind,
         "output_schema": json.dumps(resource.output_schema, indent=2) if resource.output_schema else "",
         "price": format(atomic_to_usd(resource.price_atomic), "f"),
+        "pricing_mode": resource.pricing_mode or "flat",
+        "markup": format(resource.markup.normalize(), "f") if resource.markup is not None else "1.5",
+        "fee": format(atomic_to_usd(resource.fee_atomic or 0), "f"),
+        "max_price": format(atomic_to_usd(resource.max_price_atomic or resource.price_atomic), "f"),
         "pay_to": resource.pay_to or "",
         "params": params,
     }
@@ -239,6 +253,10 @@ NEW_VALUES = {
     "output_kind": "text",
     "output_schema": "",
     "price": "0.01",
+    "pricing_mode": "flat",
+    "markup": "1.5",
+    "fee": "0",
+    "max_price": "0.02",
     "pay_to": "",
     "params": [],
 }
@@ -260,6 +278,10 @@ FIELD_LABELS = {
     "output_kind": "Output",
     "output_schema": "Output JSON Schema",
     "price_atomic": "Price",
+    "pricing_mode": "Pricing",
+    "markup": "Markup",
+    "fee_atomic": "Fee per call",
+    "max_price_atomic": "Maximum per call",
     "pay_to": "Pay to",
     "payout_address": "Payout address",
     "openrouter_key": "OpenRouter key",
@@ -290,6 +312,8 @@ def field_anchor(path: str) -> str:
         return f"p-{parts[1]}-{parts[2]}"
     if parts[0] == "price_atomic":
         return "f-price"
+    if parts[0] in ("fee_atomic", "max_price_atomic"):
+        return "f-" + {"fee_atomic": "fee", "max_price_atomic": "max_price"}[parts[0]]
     return f"f-{parts[0]}"
 
 

@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
+from x402.mechanisms.evm.constants import PERMIT2_ADDRESS
 
 from instant402.accounts.models import User
 from instant402.config import Mode, Settings
@@ -55,7 +56,7 @@ def example_value(p: dict[str, Any]) -> Any:
 def python_snippet(view: dict[str, Any], settings: Settings) -> str:
     example = {p["name"]: example_value(p) for p in view["parameters"]}
     allowed = {"network": view["network"], "asset": settings.asset_address}
-    return f'''# pip install "x402[evm,httpx]" eth-account
+    snippet = f'''# pip install "x402[evm,httpx]" eth-account
 import asyncio
 
 from eth_account import Account
@@ -81,6 +82,25 @@ async def main():
 
 asyncio.run(main())
 '''
+    if view.get("pricing", {}).get("mode") == "metered":
+        snippet = _metered_snippet(snippet)
+    return snippet
+
+
+def _metered_snippet(snippet: str) -> str:
+    """A metered resource is paid with x402 ``upto``: the buyer signs the maximum and only the real cost is settled."""
+    snippet = snippet.replace(
+        "from x402.mechanisms.evm.signers import EthAccountSigner\n",
+        "from x402.mechanisms.evm.signers import EthAccountSigner\n"
+        "from x402.mechanisms.evm.upto import UptoEvmClientScheme\n",
+    )
+    return snippet.replace(
+        "# Pay only in the asset",
+        "# Metered: sign at most the maximum with `upto`; only the real cost is settled. Needs a one-time Permit2\n"
+        f"# approval of the token (approve {PERMIT2_ADDRESS} from your account).\n"
+        'client.register("eip155:*", UptoEvmClientScheme(EthAccountSigner(Account.from_key("0x<your private key>"))))\n'
+        "# Pay only in the asset",
+    )
 
 
 def cli_line(view: dict[str, Any], settings: Settings) -> str:
