@@ -152,7 +152,8 @@ async def test_openapi_lists_every_published_resource_as_a_paid_operation(market
     # x402scan's checks on every paid operation of the document, each probed without a body.
     for path, op in paid.items():
         info = op["x-payment-info"]
-        assert re.fullmatch(r"\d+\.\d{6}", info["price"]["amount"]) and info["protocols"] == [{"x402": {}}]
+        assert info["price"]["mode"] == "fixed" and info["protocols"] == [{"x402": {}}]
+        assert re.fullmatch(r"\d+\.\d{6}", info["price"]["amount"])
         assert op["requestBody"]["content"]["application/json"]["schema"]["type"] == "object"
         assert op["responses"]["200"]["content"]["application/json"]["schema"]["type"] == "object"
         assert "402" in op["responses"]
@@ -171,6 +172,21 @@ async def test_openapi_lists_every_published_resource_as_a_paid_operation(market
     assert {f"/{i['creator']}/{i['slug']}" for i in listed["items"]} <= set(paid)
     extra = market.publish(seller, name="Late")
     assert extra["path"] in market.http.get("/openapi.json").json()["paths"]
+    # A metered resource is priced as dynamic: from its fee (a call that cost nothing) up to its maximum, which the
+    # probe's 402 offers as the upto maximum.
+    metered = market.publish(
+        seller,
+        name="Metered",
+        pricing_mode="metered",
+        markup="1.5",
+        fee_atomic=500,
+        max_price_atomic=20_000,
+        price_atomic=20_000,
+    )
+    op = market.http.get("/openapi.json").json()["paths"][metered["path"]]["post"]
+    assert op["x-payment-info"]["price"] == {"mode": "dynamic", "currency": "USD", "min": "0.000500", "max": "0.020000"}
+    offers = read_payment_required(market.http.post(metered["path"])).accepts
+    assert [(o.scheme, o.amount) for o in offers] == [("upto", "20000"), ("exact", "20000")]
 
 
 # --- discovery listings -----------------------------------------------------------------------------------------
