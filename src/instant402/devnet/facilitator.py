@@ -13,6 +13,7 @@ in a worker thread; the chain itself serialises requests (see ``LockedTesterProv
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 from datetime import UTC, datetime
@@ -54,9 +55,22 @@ class DiscoveryCatalog:
 
     def __init__(self) -> None:
         self._items: dict[tuple[str, str], dict[str, Any]] = {}
+        self._seen: dict[str, tuple[str, str]] = {}  # a declaration already validated → its entry's key
         self._lock = threading.Lock()
 
     def add(self, payload: PaymentPayload, requirements: PaymentRequirements) -> None:
+        # Validating a declaration against its schema is the costly part, and every payment of a resource carries
+        # the same one: validate each distinct declaration once, then only refresh its entry's time.
+        seen = json.dumps(
+            [(payload.extensions or {}).get("bazaar"), payload.resource and payload.resource.url, requirements.amount],
+            sort_keys=True,
+            default=str,
+        )
+        with self._lock:
+            key = self._seen.get(seen)
+            if key is not None and key in self._items:
+                self._items[key]["lastUpdated"] = datetime.now(UTC).isoformat()
+                return
         try:
             found = extract_discovery_info(payload, requirements)
         except Exception as exc:  # a malformed extension is not cataloged; the payment itself is unaffected
@@ -84,6 +98,9 @@ class DiscoveryCatalog:
                 item[key] = value
         with self._lock:
             self._items[(found.resource_url, kind)] = {k: v for k, v in item.items() if v is not None}
+            if len(self._seen) > 10_000:
+                self._seen.clear()
+            self._seen[seen] = (found.resource_url, kind)
 
     def page(self, kind: str | None, limit: int, offset: int) -> dict[str, Any]:
         with self._lock:
