@@ -28,27 +28,11 @@ from instant402.payments.cli import call_resource
 from instant402.resources.pricing import x_payment_info
 from instant402.usage.models import UsageRecord
 from tests.support.market import live_market
+from tests.support.x402 import ScriptedFacilitator
 
 pytestmark = pytest.mark.slow
 
 METERED = {"pricing_mode": "metered", "markup": "1.5", "fee_atomic": 500, "max_price_atomic": 20_000}
-
-
-class ScriptedFacilitator:
-    """The devnet's facilitator; ``"lost"`` in ``script`` settles on chain and then loses the answer."""
-
-    def __init__(self, real):
-        self.real = real
-        self.script: list[str] = []
-
-    def __getattr__(self, name):
-        return getattr(self.real, name)
-
-    async def settle(self, payload, requirements):
-        if self.script and self.script.pop(0) == "lost":
-            await self.real.settle(payload, requirements)
-            raise TimeoutError("facilitator did not answer in time")
-        return await self.real.settle(payload, requirements)
 
 
 @pytest.fixture(scope="module")

@@ -59,3 +59,24 @@ def sdk_middleware_app(devnet, facilitator, pay_to: str, amount: int):
         return {"echo": body}
 
     return app
+
+
+class ScriptedFacilitator:
+    """The devnet's real facilitator, with settlement answers scripted for the next calls: ``"lost"`` settles on
+    chain and then times out (the answer is lost), ``"timeout"`` times out without settling."""
+
+    def __init__(self, real):
+        self.real = real
+        self.script: list[str] = []
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    async def settle(self, payload, requirements):
+        step = self.script.pop(0) if self.script else None
+        if step == "lost":
+            await self.real.settle(payload, requirements)
+            raise TimeoutError("facilitator did not answer in time")
+        if step == "timeout":
+            raise TimeoutError("facilitator did not answer in time")
+        return await self.real.settle(payload, requirements)
