@@ -91,7 +91,8 @@ class Settings(BaseSettings):
     result_retention_hours: float = 24.0
     # JSON-RPC of the payment network: settlements whose outcome the facilitator left unknown are checked on chain
     # (EIP-3009 authorizationState), and a payer's balance is read when they have several payments outstanding.
-    chain_rpc_url: str | None = None
+    # Hosted RPC URLs often carry an API key in their path: never shown in the settings' repr or in logs.
+    chain_rpc_url: str | None = Field(default=None, repr=False)
     min_run_seconds: int = 10  # a payment must stay valid this long beyond the settle margin to be accepted
     reconcile_seconds: float = 30.0  # how often job runners resolve pending settlements and expire kept results
 

@@ -184,7 +184,7 @@ async def resolve(rt: Runtime, usage_id: int) -> str:
             used = await rt.chain.payment_used(*payment)
             transaction = await rt.chain.payment_transaction(*payment) if used else None
         except Exception as exc:  # the RPC is down: decide later
-            log.warning("chain check for paid call %s failed: %s", usage_id, exc)
+            log.warning("chain check for paid call %s failed (%s); retrying later", usage_id, type(exc).__name__)
             return row.status
         if used:
             if row.body is not None and requirements is not None:
