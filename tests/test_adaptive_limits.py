@@ -118,7 +118,10 @@ async def test_limit_shrinks_on_429_towards_the_key_limit(settings, emulator, ba
     assert all(isinstance(r, Completion) for r in second)  # retried after the few 429s, all answered
     assert throttled_first > 0
     assert after_first < 12 * BETA  # cut at least once from the start of 12
-    assert 1 <= after_second <= 5  # near the key's 3 in flight
+    # Near the key's 3 in flight: additive increase overshoots the key's limit until the 429 that cuts it arrives
+    # (more so on a busy machine, where a slot is held longer than the emulator counts the call in flight), so the
+    # sawtooth peaks are bounded by twice the key's limit, not by the limit itself.
+    assert 1 <= after_second <= 2 * 3
     # The second burst starts from the learnt limit: far fewer 429s than calls.
     throttled_second = emulator.stats(key=key)["throttled"] - throttled_first
     assert throttled_second < 24 / 2
