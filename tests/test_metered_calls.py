@@ -22,7 +22,15 @@ from x402.mechanisms.evm.signers import EthAccountSigner
 from x402.schemas import PaymentRequired
 
 from instant402.catalog.sync import sync_catalog
-from instant402.payments.buyer import make_buyer_client, pay_url, read_payment_required
+from instant402.emulator.state import mask_key
+from instant402.payments.buyer import (
+    EVENT_STREAM,
+    make_buyer_client,
+    pay_stream,
+    pay_url,
+    read_events,
+    read_payment_required,
+)
 from instant402.payments.chain import Chain
 from instant402.payments.cli import call_resource
 from instant402.resources.pricing import x_payment_info
@@ -517,3 +525,162 @@ def test_upto_payloads_are_checked_and_read_like_exact_ones():
         with pytest.raises(PaymentError) as caught:
             PaymentGateway.decode_payment(_upto_header(**change))
         assert caught.value.reason == "invalid_payload", change
+
+
+# --- streamed answers ----------------------------------------------------------------------------------------------
+
+
+def charge(cost: Decimal) -> int:
+    """What a call of METERED settles for an upstream cost: cost × 1.5 rounded up to the atomic unit, plus the fee."""
+    return math.ceil(cost * Decimal("1.5") * 1_000_000) + 500
+
+
+def stream_call(market, seller) -> dict:
+    """The emulator's record of the seller's one streamed call, once it ended."""
+    label = mask_key(seller.openrouter_key)
+    deadline = time.monotonic() + 10
+    while True:
+        (call,) = [c for c in market.emulator.calls() if c["stream"] and c["key_label"] == label]
+        if call["ended_at"] is not None or time.monotonic() > deadline:
+            return call
+        time.sleep(0.05)
+
+
+async def settled_row(database, resource_id: int) -> UsageRecord:
+    deadline = time.monotonic() + 20
+    while True:
+        (row,) = await rows(database, resource_id)
+        if row.status != "running" or time.monotonic() > deadline:
+            return row
+        await asyncio.sleep(0.1)
+
+
+async def test_a_metered_stream_settles_its_real_cost(market, catalog, database):
+    devnet = market.devnet
+    seller = market.seller()
+    res = publish_metered(market, seller)
+    buyer = devnet.new_account(usdc=100_000)
+    start = devnet.block_number()
+    async with httpx.AsyncClient(timeout=60) as http:
+        first = await http.post(res["url"], json={"topic": "moss"}, headers={"Accept": EVENT_STREAM})
+        paid = await pay_stream(
+            http, client_for(market, buyer), read_payment_required(first), res["url"], json={"topic": "moss"}
+        )
+    assert paid.error is None and paid.text, paid.error
+    receipt = paid.done["receipt"]
+    settled = int(receipt["amount"])
+    assert settled == charge(Decimal(paid.done["usage"]["cost_usd"])) < 20_000
+    (transfer,) = transfers_from(devnet, buyer.address, start)
+    assert (transfer.receiver, transfer.value, transfer.transaction) == (seller.payout, settled, receipt["transaction"])
+    assert paid.receipt.transaction == receipt["transaction"]
+    (row,) = await rows(database, res["id"])
+    assert (row.status, row.amount_atomic, row.streamed) == ("succeeded", settled, True)
+
+
+async def test_a_metered_stream_the_buyer_leaves_settles_what_was_generated(market, catalog, database):
+    """The buyer reads the first words and goes away: the upstream call is cancelled, OpenRouter bills the tokens
+    generated until then, and the sale settles exactly that cost × markup + fee. The text is the buyer's: the same
+    payment, re-sent, gets it (as JSON) with the receipt, and nothing is charged twice."""
+    devnet = market.devnet
+    seller = market.seller()
+    res = publish_metered(market, seller)
+    buyer = devnet.new_account(usdc=100_000)
+    market.emulator.fault(kind="pace", chunk_ms=400, key=seller.openrouter_key)
+    # OpenRouter shows a generation's record a moment after its end: the server asks again until it is there.
+    market.emulator.fault(kind="generation_lag", latency_ms=700, key=seller.openrouter_key)
+    start = devnet.block_number()
+    body = {"topic": "dunes"}
+    async with httpx.AsyncClient(timeout=60) as http:
+        first = await http.post(res["url"], json=body, headers={"Accept": EVENT_STREAM})
+        client = client_for(market, buyer)
+        payload = await client.create_payment_payload(read_payment_required(first))
+        headers = {**x402HTTPClient(client).encode_payment_signature_header(payload), "Accept": EVENT_STREAM}
+        async with http.stream("POST", res["url"], json=body, headers=headers) as response:
+            assert response.status_code == 200
+            async for name, data in read_events(response):
+                assert name == "message"
+                words = json.loads(data)["text"]
+                break
+        call = stream_call(market, seller)
+        assert call["status"] == 499 and call["finish_reason"] == "cancelled"
+        cost = Decimal(call["cost"])
+        assert cost > 0
+        row = await settled_row(database, res["id"])
+        again = await http.post(res["url"], json=body, headers={**headers, "Accept": "application/json"})
+    settled = charge(cost)
+    assert settled < 20_000  # a part of the answer costs less than the whole would
+    (transfer,) = transfers_from(devnet, buyer.address, start)
+    assert (transfer.receiver, transfer.value) == (seller.payout, settled)
+    assert (row.status, row.amount_atomic, row.error_code) == ("succeeded", settled, "client_disconnected")
+    assert row.upstream_cost == cost and row.transaction_hash == transfer.transaction and row.streamed
+    assert row.completion_tokens > 0
+    # The partial answer, re-delivered to the holder of the payment, with the receipt of the one transfer.
+    assert again.status_code == 200, again.text
+    kept = again.json()
+    assert kept["partial"] is True and kept["stopped"]["code"] == "client_disconnected"
+    assert kept["output"]["type"] == "text" and kept["output"]["text"].startswith(words)
+    assert kept["receipt"]["transaction"] == transfer.transaction and kept["receipt"]["amount"] == str(settled)
+    assert devnet.balance_of(buyer.address) == 100_000 - settled
+    assert len(transfers_from(devnet, buyer.address, start)) == 1
+
+
+async def test_a_metered_stream_whose_provider_fails_mid_answer_charges_nothing(market, catalog, database):
+    """OpenRouter bills nothing for a generation that ended in an error (zero-completion insurance), so neither
+    does the sale: the generated part cost nothing."""
+    devnet = market.devnet
+    seller = market.seller()
+    res = publish_metered(market, seller)
+    buyer = devnet.new_account(usdc=100_000)
+    market.emulator.fault(kind="stream_error", after_chunks=2, key=seller.openrouter_key)
+    start = devnet.block_number()
+    async with httpx.AsyncClient(timeout=60) as http:
+        first = await http.post(res["url"], json={"topic": "hail"}, headers={"Accept": EVENT_STREAM})
+        paid = await pay_stream(
+            http, client_for(market, buyer), read_payment_required(first), res["url"], json={"topic": "hail"}
+        )
+    assert paid.text and paid.done is None
+    assert paid.error["error"]["details"]["charged"] is False
+    assert transfers_from(devnet, buyer.address, start) == []
+    row = await settled_row(database, res["id"])
+    assert row.status == "failed" and row.upstream_cost in (None, 0)
+
+
+@pytest.fixture(scope="module")
+def impatient_market(settings_overrides, emulator_server, devnet, scripted, devnet_rpc, migrated):
+    """A server that gives each upstream attempt 1.5 s: a slow stream is cut by the server, not by the buyer."""
+    extra = {"chain_rpc_url": devnet_rpc, "upstream_timeout_seconds": 1.5}
+    with live_market(settings_overrides, emulator_server, devnet, scripted, **extra) as m:
+        yield m
+
+
+async def test_a_metered_stream_cut_by_the_upstream_timeout_settles_the_generated_part(
+    impatient_market, catalog, database
+):
+    """The server's own upstream timeout ends a slow stream after some text: OpenRouter bills what was generated, so
+    the sale settles it; the buyer, still there, gets the error event with what was charged and the receipt."""
+    market = impatient_market
+    devnet = market.devnet
+    seller = market.seller()
+    res = publish_metered(market, seller)
+    buyer = devnet.new_account(usdc=100_000)
+    market.emulator.fault(kind="pace", chunk_ms=500, key=seller.openrouter_key)
+    start = devnet.block_number()
+    async with httpx.AsyncClient(timeout=60) as http:
+        first = await http.post(res["url"], json={"topic": "fjords"}, headers={"Accept": EVENT_STREAM})
+        paid = await pay_stream(
+            http, client_for(market, buyer), read_payment_required(first), res["url"], json={"topic": "fjords"}
+        )
+    call = stream_call(market, seller)
+    cost = Decimal(call["cost"])
+    assert call["finish_reason"] == "cancelled" and cost > 0
+    assert paid.text and paid.done is None
+    error = paid.error["error"]
+    assert error["code"] == "upstream_timeout" and error["details"]["charged"] is True
+    settled = charge(cost)
+    (transfer,) = transfers_from(devnet, buyer.address, start)
+    assert (transfer.receiver, transfer.value) == (seller.payout, settled)
+    assert error["details"]["receipt"]["transaction"] == transfer.transaction
+    assert error["details"]["receipt"]["amount"] == str(settled)
+    assert paid.receipt is not None and paid.receipt.transaction == transfer.transaction
+    (row,) = await rows(database, res["id"])
+    assert (row.status, row.amount_atomic, row.error_code) == ("succeeded", settled, "upstream_timeout")

@@ -178,8 +178,10 @@ async def test_buyer_disconnect_cancels_the_upstream_call_and_charges_nothing(ma
         time.sleep(0.05)
     assert call["status"] == 499, call
     assert call["ended_at"] - left < 3 * pace
-    assert call["cost"] is None  # it never got to its usage
-    # Nothing settled, now or later; the sale is recorded as cut short and the creator's slot is free again.
+    # The key pays for the prompt and the words generated before the close, though no usage chunk was sent.
+    assert Decimal(call["cost"]) > 0
+    # Nothing settled, now or later; the sale is recorded as cut short, with what the creator's key paid for it (from
+    # the generation's record), and the creator's slot is free again.
     row = None
     while time.monotonic() < deadline:
         (row,) = usage_rows(market, seller)
@@ -188,6 +190,7 @@ async def test_buyer_disconnect_cancels_the_upstream_call_and_charges_nothing(ma
         time.sleep(0.05)
     assert row["status"] == "failed" and row["error_code"] == "client_disconnected", row
     assert row["streamed"] is True and row["transaction"] is None
+    assert Decimal(row["upstream_cost_usd"]) == Decimal(call["cost"])
     time.sleep(2 * pace)
     assert balances(market, buyer.address, seller.payout) == before
     assert market.devnet.transfers(block, sender=buyer.address) == []

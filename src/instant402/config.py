@@ -51,6 +51,8 @@ class Settings(BaseSettings):
 
     # Execution: upstream calls (the product owns retries; the openai SDK's own retries are off).
     upstream_timeout_seconds: float = 120.0  # one attempt's limit; the call's deadline may cut it shorter
+    # How long to wait for OpenRouter's record of a stream cut short (its cost), which appears a moment after its end.
+    generation_lookup_seconds: float = 10.0
     upstream_max_attempts: int = 3  # attempts per model for transient failures, before the next fallback model
     upstream_backoff_base_seconds: float = 0.5  # exponential backoff with full jitter: base * 2^n, capped below
     upstream_backoff_max_seconds: float = 8.0

@@ -7,6 +7,7 @@ import json
 import secrets
 import string
 import time
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -75,6 +76,20 @@ class Emulator:
         if error is not None:
             return error
         return _json({"data": key.public()})
+
+    # GET /generation
+
+    async def generation(self, request: Request) -> Response:
+        key, error = self._key(request)
+        if error is not None:
+            return error
+        generation_id = request.query_params.get("id")
+        if not generation_id:
+            return bad_request("id is required")
+        stats = self.state.generation(generation_id, key.key)
+        if stats is None:  # unknown, another key's, or not recorded yet (stats appear a moment after the end)
+            return error_response(404, "Generation not found")
+        return _json({"data": stats})
 
     # POST /chat/completions
 
@@ -260,6 +275,7 @@ class Emulator:
             "image_tokens": image_tokens,
             "cost": cost,
             "prompt_cost": n_prompt * info.prompt_price,
+            "started": time.time(),
         }
 
     def _usage(self, result: dict) -> dict:
@@ -287,6 +303,39 @@ class Emulator:
         key.usage += result["cost"]
         call["cost"] = str(result["cost"])
 
+    def _record(self, key: KeyState, info: ModelInfo, result: dict, streamed: bool, **ended) -> None:
+        """The generation's stats as ``GET /generation`` shows them (``ended``: what differs from the whole
+        answer: a cancelled or errored stream's finish, tokens and cost)."""
+        cost = ended.get("cost", result["cost"])
+        completion = ended.get("completion_tokens", result["completion_tokens"])
+        finish = ended.get("finish_reason", result["finish_reason"])
+        ms = int((time.time() - result["started"]) * 1000)
+        stats = {
+            "id": result["id"],
+            "api_type": "completions",
+            "model": info.id,
+            "provider_name": info.provider_name,
+            "created_at": datetime.fromtimestamp(result["created"], UTC).isoformat(),
+            "streamed": streamed,
+            "cancelled": bool(ended.get("cancelled")),
+            "finish_reason": finish,
+            "native_finish_reason": finish,
+            "tokens_prompt": result["prompt_tokens"],
+            "tokens_completion": completion,
+            "native_tokens_prompt": result["prompt_tokens"],
+            "native_tokens_completion": completion,
+            "native_tokens_reasoning": result["reasoning_tokens"] if completion else 0,
+            "native_tokens_cached": 0,
+            "native_tokens_completion_images": result["image_tokens"] if completion else 0,
+            "total_cost": float(cost),
+            "usage": float(cost),
+            "upstream_inference_cost": None,
+            "is_byok": False,
+            "latency": ms,
+            "generation_time": ms,
+        }
+        self.state.record_generation(key.key, info.id, stats)
+
     def _respond(self, result: dict, info: ModelInfo, key: KeyState, call: dict, fault: Fault | None) -> Response:
         headers = {"X-Generation-Id": result["id"]}
         if fault is not None and fault.kind == "malformed":
@@ -312,6 +361,7 @@ class Emulator:
             choice["error"] = error
         self._bill(key, call, result)
         call["finish_reason"] = choice["finish_reason"]
+        self._record(key, info, result, False, finish_reason=choice["finish_reason"])
         doc = {
             "id": result["id"],
             "provider": info.provider_name,
@@ -323,6 +373,19 @@ class Emulator:
             "usage": self._usage(result),
         }
         return _json(doc, headers=headers)
+
+    def _cancelled(self, key: KeyState, info: ModelInfo, call: dict, result: dict, generated: int) -> None:
+        """The reader closed the stream: generation stops, and the key pays for the prompt and the tokens
+        generated until then (none generated: nothing, as with zero-completion insurance)."""
+        cost = Decimal(0)
+        if generated:
+            cost = result["prompt_cost"] + generated * info.completion_price + info.request_price
+        key.usage += cost
+        call["cost"] = str(cost)
+        call["finish_reason"] = "cancelled"
+        self._record(
+            key, info, result, True, cost=cost, completion_tokens=generated, finish_reason=None, cancelled=True
+        )
 
     def _stream(
         self, result: dict, info: ModelInfo, key: KeyState, call: dict, fault: Fault | None, pace: float = 0
@@ -345,6 +408,7 @@ class Emulator:
 
         async def events():
             status = 200
+            generated = 0  # completion tokens sent so far
             try:
                 yield b": OPENROUTER PROCESSING\n\n"
                 if fault is not None and fault.kind == "malformed":
@@ -352,15 +416,19 @@ class Emulator:
                     return
                 if result["reasoning"]:
                     yield chunk({"role": "assistant", "content": "", "reasoning": result["reasoning"]})
+                    generated += result["reasoning_tokens"]
                 for sent, piece in enumerate(pieces):
                     if fault is not None and fault.kind == "stream_error" and sent >= fault.after_chunks:
                         break
                     if pace:
                         await asyncio.sleep(pace)
                     yield chunk({"role": "assistant", "content": piece})
+                    generated += generate.count_tokens(piece)
                 if fault is not None and fault.kind in ("stream_error", "finish_error"):
                     error = _mid_error(fault, info)
                     call["finish_reason"] = "error"
+                    # Zero-completion insurance: an errored generation costs nothing (result["cost"] is 0).
+                    self._record(key, info, result, True, finish_reason="error", completion_tokens=generated)
                     yield chunk({"content": ""}, "error", error=error)
                     return
                 if result["images"]:
@@ -368,11 +436,14 @@ class Emulator:
                 yield chunk({"role": "assistant", "content": ""}, result["finish_reason"])
                 self._bill(key, call, result)
                 call["finish_reason"] = result["finish_reason"]
+                self._record(key, info, result, True)
                 usage = {**base, "choices": [], "usage": self._usage(result)}
                 yield b"data: " + _dumps(usage) + b"\n\n"
                 yield b"data: [DONE]\n\n"
             except BaseException:
                 status = 499
+                if call["finish_reason"] is None:
+                    self._cancelled(key, info, call, result, generated)
                 raise
             finally:
                 state.call_ended(call, status)
@@ -416,6 +487,7 @@ def create_emulator_app(
         Route(f"{API}/key", emulator.key, methods=["GET"]),
         Route(f"{API}/auth/key", emulator.key, methods=["GET"]),
         Route(f"{API}/chat/completions", emulator.chat, methods=["POST"]),
+        Route(f"{API}/generation", emulator.generation, methods=["GET"]),
     ]
     if control:
         from instant402.emulator.control import control_routes

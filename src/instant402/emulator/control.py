@@ -135,8 +135,8 @@ def control_routes(state: EmulatorState) -> list[Route]:
             chunk_ms = _optional_int(body, "chunk_ms") or 0
         except ValueError as err:
             return _problem(str(err))
-        if kind == "latency" and not latency_ms:
-            return _problem("latency_ms is required for a latency fault")
+        if kind in ("latency", "generation_lag") and not latency_ms:
+            return _problem(f"latency_ms is required for a {kind} fault")
         if kind == "pace" and not chunk_ms:
             return _problem("chunk_ms is required for a pace fault")
         for name in ("key", "model", "message"):

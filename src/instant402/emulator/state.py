@@ -5,12 +5,12 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
-FAULT_KINDS = ("http", "latency", "pace", "stream_error", "finish_error", "malformed", "empty")
+FAULT_KINDS = ("http", "latency", "pace", "stream_error", "finish_error", "malformed", "empty", "generation_lag")
 FAULT_STATUSES = (400, 401, 402, 403, 404, 408, 413, 422, 429, 500, 502, 503, 524, 529)
 MAX_CALLS_KEPT = 10_000
 
@@ -125,6 +125,8 @@ class EmulatorState:
         self._fault_ids = itertools.count(1)
         self._call_ids = itertools.count(1)
         self.calls: deque[dict] = deque(maxlen=MAX_CALLS_KEPT)
+        # Per-generation stats (GET /generation), each with its key and the time it becomes visible.
+        self.generations: OrderedDict[str, tuple[str, float, dict]] = OrderedDict()
         self.in_flight = 0
         self.in_flight_by_label: dict[str, int] = {}
         self.reset_stats()
@@ -205,6 +207,23 @@ class EmulatorState:
                 fault.used += 1
                 total += fault.chunk_ms
         return total
+
+    # generations
+    def record_generation(self, key: str, model: str | None, stats: dict) -> None:
+        """Keep a finished (or cancelled) generation's stats for ``GET /generation``. OpenRouter shows them a moment
+        after the generation ends; a ``generation_lag`` fault (its ``latency_ms``) delays them the same way."""
+        lag = self.take_fault(key, model, ("generation_lag",))
+        visible_at = time.time() + (lag.latency_ms / 1000 if lag else 0)
+        self.generations[stats["id"]] = (key, visible_at, stats)
+        while len(self.generations) > MAX_CALLS_KEPT:
+            self.generations.popitem(last=False)
+
+    def generation(self, generation_id: str, key: str) -> dict | None:
+        """A generation's stats, only for the key that made it, once visible."""
+        kept = self.generations.get(generation_id)
+        if kept is None or kept[0] != key or kept[1] > time.time():
+            return None
+        return kept[2]
 
     # calls and counters
     def reset_stats(self) -> None:

@@ -59,6 +59,14 @@ class UpstreamFailure(Exception):
 
 # Buyer-facing messages: one per code, fixed text, so nothing upstream can leak through them.
 _NOT_CHARGED = " You were not charged."
+_PAID_FOR_PART = " You paid for the part generated, at the metered price: re-send the same payment to get it again."
+
+
+def paid_for_part(message: str) -> str:
+    """A failure's buyer message when the part generated before it was paid for (a metered stream ended early)."""
+    return message.removesuffix(_NOT_CHARGED) + _PAID_FOR_PART
+
+
 MESSAGES = {
     "invalid_request": "The model refused this request as invalid." + _NOT_CHARGED,
     "input_too_long": "The input is too long for this resource's model." + _NOT_CHARGED,

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from instant402.execution.errors import Category, UpstreamFailure, failure
 from instant402.execution.notify import notify
-from instant402.execution.upstream import Completion, CompletionRequest, TextStream
+from instant402.execution.upstream import Completion, CompletionRequest, Generation, TextStream
 from instant402.keys.secret import SecretKey
 from instant402.keys.service import KeyUnavailable, NoOpenRouterKey, open_key_for_upstream, record_upstream_key_failure
 from instant402.resources.lifecycle import pause_creator_resources
@@ -90,7 +90,8 @@ class StreamedRun:
 
     ``async for delta in run.deltas()`` yields the text; afterwards ``outcome`` is the run's outcome like
     ``run_resource``'s, with the time to first token. ``cut_short()`` is the outcome of a run whose reader left: the
-    upstream call was closed, no usage came back, so the cost is unknown (None).
+    upstream call was closed and no usage came back. A run that ended after its text began but without its usage
+    learns what the upstream billed from the generation's record (``price_generated``).
     """
 
     def __init__(self, rt: Runtime, resource: AnyResource, values: dict[str, Any], deadline: float, key, arrived):
@@ -99,13 +100,14 @@ class StreamedRun:
         self._started = time.perf_counter()
         self._stream: TextStream | None = None
         self.outcome: RunOutcome | None = None
+        self.generated: Generation | None = None  # the upstream's record of a run that ended early, once looked up
 
     async def deltas(self) -> AsyncIterator[str]:
         rt, resource, key = self._rt, self._resource, self._key
         try:
             if key is None:
                 async with rt.db.sessions() as db:
-                    key = await open_key_for_upstream(db, rt.vault, resource.owner_id)
+                    key = self._key = await open_key_for_upstream(db, rt.vault, resource.owner_id)
             request = completion_request(rt, resource, self._values)
             self._stream = rt.upstream.stream_text(request, key.reveal(), self._deadline)
             async with contextlib.aclosing(self._stream.__aiter__()) as deltas:
@@ -124,8 +126,27 @@ class StreamedRun:
         stream = self._stream
         fail = failure("client_disconnected", Category.buyer_input, "the buyer closed the stream before its end")
         fail.model = stream.model if stream else None
-        fail.attempts = stream.attempts if stream else []
+        if stream is not None:
+            fail = stream.cut_short(fail)
         return self._outcome(None, fail)
+
+    @property
+    def text(self) -> str:
+        """The text sent so far."""
+        return self._stream.text if self._stream is not None else ""
+
+    async def price_generated(self, outcome: RunOutcome) -> None:
+        """A run that ended after its text began but before its usage came (the buyer left, the upstream failed
+        mid-answer) was billed by the upstream all the same, for what it generated. Put that cost, from the
+        generation's record, on the attempt that wrote the text, so the budget, the usage row and a metered bill
+        count it. Leaves ``generated`` None when the record never came (the cost stays unknown)."""
+        stream = self._stream
+        if stream is None or stream.first_delta_at is None or stream.generation_id is None or not outcome.attempts:
+            return
+        wait = self._rt.settings.generation_lookup_seconds
+        self.generated = await self._rt.upstream.generation(stream.generation_id, self._key.reveal(), wait)
+        if self.generated is not None:
+            outcome.attempts[-1].cost_usd = self.generated.cost_usd
 
     def _outcome(self, completion: Completion | None, fail: UpstreamFailure | None) -> RunOutcome:
         return RunOutcome(completion, fail, _ms(self._started), True, self._first_token_ms())

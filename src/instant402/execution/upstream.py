@@ -92,6 +92,16 @@ class Completion:
         return sum((a.cost_usd for a in self.attempts), _ZERO)
 
 
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """OpenRouter's record of one generation (``GET /generation``): what it billed, for how many tokens."""
+
+    cost_usd: Decimal
+    prompt_tokens: int
+    completion_tokens: int
+    cancelled: bool
+
+
 @dataclass(slots=True)
 class _Answer:
     """One upstream answer, before normalisation."""
@@ -252,6 +262,44 @@ class Upstream:
             delay = max(delay, failure.retry_after)
         return None if time.monotonic() + delay >= end else delay
 
+    async def generation(self, generation_id: str, api_key: str, wait: float) -> Generation | None:
+        """OpenRouter's record of one generation: how a stream that ended without its usage chunk (cut short, or
+        failed after text) learns what it cost. The record appears a moment after the generation ends, so "not
+        found" (and a transient failure) is asked again, with back-off, for up to ``wait`` seconds. None when it
+        never came or the answer is unusable."""
+        end = time.monotonic() + wait
+        auth = {"Authorization": f"Bearer {api_key}"}
+        delay = 0.2
+        while True:
+            timeout = max(end - time.monotonic(), 0.5)
+            options: dict[str, Any] = {
+                "params": {"id": generation_id},
+                "headers": auth,
+                "security": _NO_CLIENT_AUTH,
+                "timeout": timeout,
+            }
+            try:
+                async with asyncio.timeout(timeout):
+                    response = await self.client.get("/generation", cast_to=httpx2.Response, options=options)
+                data = json.loads(response.content)["data"]
+                return Generation(
+                    _decimal(data["total_cost"]),
+                    _int(data.get("tokens_prompt")),
+                    _int(data.get("tokens_completion")),
+                    bool(data.get("cancelled")),
+                )
+            except openai.APIStatusError as exc:
+                if exc.status_code not in (404, 408, 429) and exc.status_code < 500:
+                    return None
+            except (TimeoutError, openai.APIError):
+                pass
+            except _BROKEN:
+                return None
+            if time.monotonic() + delay >= end:
+                return None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
     def stream_text(self, request: CompletionRequest, api_key: str, deadline: float) -> TextStream:
         """``request`` streamed as it is generated (see TextStream), with the creator's key, before ``deadline``."""
         return TextStream(self, request, api_key, deadline)
@@ -364,6 +412,27 @@ class TextStream:
         self.model = request.model
         self.first_delta_at: float | None = None  # time.perf_counter() of the first text
         self.completion: Completion | None = None
+        self._got: _Collected | None = None  # the attempt in progress (after the first text: the one that sent it)
+        self._attempt_started = 0.0
+        self._in_progress = False  # an attempt started and not recorded in ``attempts`` yet
+
+    @property
+    def generation_id(self) -> str | None:
+        """The upstream generation of the attempt in progress (the one that sent text, once text went out)."""
+        return self._got.generation_id if self._got is not None else None
+
+    @property
+    def text(self) -> str:
+        """The text the attempt in progress sent so far."""
+        return self._got.text() if self._got is not None else ""
+
+    def cut_short(self, failure: UpstreamFailure) -> UpstreamFailure:
+        """``failure`` for a stream whose reader left: the attempt in progress is recorded with it (what it cost is
+        not known from the stream: see ``Upstream.generation``)."""
+        if self._got is not None and self._in_progress:
+            ms = (time.perf_counter() - self._attempt_started) * 1000
+            self.attempts.append(Attempt(self.model, failure.buyer_code, str(failure.category), None, ms))
+        return self._failed(failure)
 
     async def __aiter__(self) -> AsyncIterator[str]:
         request, end = self._request, self._end
@@ -379,8 +448,9 @@ class TextStream:
                     last = E.timed_out(model, 0, deadline=True)
                     break
                 tries += 1
-                started = time.perf_counter()
-                got = _Collected(model)
+                started = self._attempt_started = time.perf_counter()
+                got = self._got = _Collected(model)
+                self._in_progress = True
                 try:
                     async with contextlib.aclosing(self._attempt(model, remaining, got)) as deltas:
                         async for delta in deltas:
@@ -389,6 +459,7 @@ class TextStream:
                             yield delta
                     output = await normalise(request.output_kind, got.text(), None, got.finish, got.model)
                 except UpstreamFailure as failure:
+                    self._in_progress = False
                     if failure.upstream_status == 429:  # the creator's concurrency limit shrinks before any retry
                         await observe_upstream(True, until=end)
                     ms = (time.perf_counter() - started) * 1000
@@ -412,6 +483,7 @@ class TextStream:
                         break
                     await asyncio.sleep(delay)
                     continue
+                self._in_progress = False
                 cost = got.cost()
                 self.attempts.append(Attempt(model, "ok", None, 200, (time.perf_counter() - started) * 1000, cost))
                 metrics.upstream_attempt(model, 200, None, self.attempts[-1].ms / 1000)

@@ -159,9 +159,9 @@ async def pay_stream(
                 done = jsonlib.loads(data)
             elif name == "error":
                 error = jsonlib.loads(data)
-    receipt = None
-    if done and done.get("payment_response"):
-        receipt = decode_payment_response_header(done["payment_response"])
+    # The receipt: in the last event, ``done``, or an ``error`` after which the generated part was still paid for.
+    last = done or ((error or {}).get("error") or {}).get("details") or {}
+    receipt = decode_payment_response_header(last["payment_response"]) if last.get("payment_response") else None
     return PaidStream(response, "".join(parts), done, error, receipt)
 
 

@@ -44,6 +44,7 @@ from instant402.discovery import bazaar
 from instant402.errors import ApiError
 from instant402.execution import budgets, jobs, notify
 from instant402.execution.creator_limits import LimitsView
+from instant402.execution.errors import paid_for_part
 from instant402.execution.limits import OverCapacity, RateLimited
 from instant402.execution.models import Job, Notification
 from instant402.execution.runner import RunOutcome, run_resource
@@ -681,15 +682,33 @@ async def _claim(rt: Runtime, sale: Sale, job: Job | None):
         return usage_id, key
 
 
-async def settle(rt: Runtime, sale: Sale, result: dict[str, Any], outcome: RunOutcome | None) -> Outcome:
-    """The settle step of a sale in this process (``settle_and_record``), counted for the operator."""
+async def settle(
+    rt: Runtime,
+    sale: Sale,
+    result: dict[str, Any],
+    outcome: RunOutcome | None,
+    *,
+    usage_fields: dict[str, Any] | None = None,
+) -> Outcome:
+    """The settle step of a sale in this process (``settle_and_record``), counted for the operator.
+    ``usage_fields``: the usage row's figures, when they are not simply the outcome's."""
     name = label(sale.resource)
     requirements = sale.requirements
     billed = outcome.billed_usd if outcome is not None else await _billed_usd(rt, sale.usage_id)
     charged = bill(sale.resource, requirements, billed)
+    if usage_fields is not None:
+        outcome = None
     try:
         answer = await settle_and_record(
-            rt, sale.prepared.gateway, sale.usage_id, sale.payload, requirements, result, outcome, bill=charged
+            rt,
+            sale.prepared.gateway,
+            sale.usage_id,
+            sale.payload,
+            requirements,
+            result,
+            outcome,
+            bill=charged,
+            usage_fields=usage_fields,
         )
     except ApiError as err:
         if err.code == "settlement_pending":
@@ -717,6 +736,7 @@ async def settle_and_record(
     *,
     kept: bool = False,
     bill: Bill | None = None,
+    usage_fields: dict[str, Any] | None = None,
 ) -> Outcome:
     """Keep the delivered result, settle, then record: the result goes out only when the money moved, and once it
     may have moved the buyer can always have it. ``outcome`` is the run's, when its figures are not on the usage
@@ -727,7 +747,8 @@ async def settle_and_record(
         requirements = bill.requirements
         result = {**result, "receipt": bill.receipt or result.get("receipt")}
     if not kept:
-        fields = {**(outcome_fields(outcome) if outcome else {}), **(bill.usage if bill else {})}
+        run = outcome_fields(outcome) if outcome else usage_fields or {}
+        fields = {**run, **(bill.usage if bill else {})}
         await settlement.keep(rt, usage_id, result, payload, requirements, fields)
     started = time.perf_counter()
     settled = await gateway.settle(payload, requirements)
@@ -784,6 +805,40 @@ def _payer(payload: PaymentPayload) -> str | None:
 
 
 # --- metered calls -----------------------------------------------------------------------------------------------
+
+
+def settles_generated(sale: Sale) -> bool:
+    """Whether a run that ended early is paid for what it generated: a metered resource paid with ``upto``."""
+    return sale.resource.pricing_mode == METERED and sale.requirements.scheme == SCHEME_UPTO
+
+
+async def settle_generated(rt: Runtime, sale: Sale, outcome: RunOutcome, text: str, tokens: tuple[int, int]) -> Outcome:
+    """A metered ``upto`` sale whose run ended after its text began (the buyer left, or the upstream failed
+    mid-answer) and whose generated tokens the upstream billed (``outcome.billed_usd``): they are settled at the
+    metered price (``bill``), and the text so far is the buyer's result, kept and re-delivered to the same payment
+    like any other. ``tokens``: prompt and completion tokens, from the upstream's record. The usage row keeps the
+    run's failure code; it stays ``running`` until the settlement is recorded (the reconciler's to finish)."""
+    if sale.hold is not None:
+        sale.hold.actual_usd = outcome.billed_usd
+    fail = outcome.failure
+    prompt_tokens, completion_tokens = tokens
+    result = {
+        "output": {"type": "text", "text": text},
+        "partial": True,
+        "stopped": {"code": fail.buyer_code, "message": paid_for_part(fail.buyer_message)},
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "cost_usd": str(outcome.billed_usd),
+        },
+        "model": fail.model,
+        "receipt": None,
+        "first_token_ms": outcome.first_token_ms,
+    }
+    fields = outcome_fields(outcome)
+    del fields["status"]
+    fields.update(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+    return await settle(rt, sale, result, outcome, usage_fields=fields)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,8 +9,10 @@ plain JSON errors, then the response starts and the run streams, then ``ran`` an
     event: error  data: {"error": {…}}   the one error shape, ``charged: false``
 
 Money, flat price: settled once the model completed its answer; an upstream failure mid-stream or a buyer who leaves
-is not charged (the partial text is theirs). A buyer who leaves closes the upstream call at once. Nothing is written
-to the database per delta, and each delta is encoded once, into its event.
+is not charged (the partial text is theirs). Metered price (``upto``): a completed answer settles its cost like a
+JSON one; one that ended after its text began settles what the upstream billed for the generated part (from the
+generation's record), and the partial text is the buyer's kept result. A buyer who leaves closes the upstream call at
+once. Nothing is written to the database per delta, and each delta is encoded once, into its event.
 """
 
 from __future__ import annotations
@@ -108,7 +110,10 @@ class EventStream(Response):
         try:
             run = StreamedRun(rt, sale.resource, sale.prepared.values, sale.deadline(rt), sale.key, self.arrived)
             ended = await _relay(self._pump(run, send), receive)
-            last = await self._finish(run.outcome if ended else run.cut_short(), ended)
+            outcome = run.outcome if ended else run.cut_short()
+            if outcome.failure is not None and self.started:
+                await run.price_generated(outcome)  # text went out, its usage never came: ask what it cost
+            last = await self._finish(run, outcome)
             if isinstance(last, ApiError):
                 if not self.started:
                     if ended:  # no text went out: the JSON door's answer
@@ -129,14 +134,17 @@ class EventStream(Response):
                 event = b'data: {"text":' + json.dumps(text, ensure_ascii=False).encode() + b"}\n\n"
                 await send({"type": "http.response.body", "body": event, "more_body": True})
 
-    async def _finish(self, outcome: RunOutcome, ended: bool) -> bytes | ApiError:
-        """Account for the run; settle a completed one. Returns the last event, or the error to answer."""
+    async def _finish(self, run: StreamedRun, outcome: RunOutcome) -> bytes | ApiError:
+        """Account for the run; settle a completed one, or the generated part of a metered one that ended early.
+        Returns the last event, or the error to answer."""
         rt, sale = self.rt, self.sale
+        if outcome.failure is not None and self.started and outcome.billed_usd and core.settles_generated(sale):
+            return await self._settle_generated(run, outcome)
         try:
             outcome = await core.ran(rt, sale, outcome)
         except ApiError as err:
-            if not ended and sale.hold is not None:
-                # A stream cut short never got its usage back: the budget keeps the worst case held for it.
+            if self.started and run.generated is None and sale.hold is not None:
+                # Text went out and what it cost is unknown: the budget keeps the worst case held for it.
                 sale.hold.actual_usd = sale.prepared.worst
             return err
         # The whole answer is kept like any sale's (re-sending the same payment gets it again, as JSON).
@@ -149,6 +157,28 @@ class EventStream(Response):
             return ApiError(402, "payment_not_settled", sold.message, {"reason": sold.reason, "charged": False})
         done = {k: v for k, v in sold.body.items() if k != "output"}  # the text went out as it came
         return _event(b"done", {**done, "payment_response": sold.payment_response})
+
+    async def _settle_generated(self, run: StreamedRun, outcome: RunOutcome) -> bytes | ApiError:
+        """A metered stream that ended early pays for what was generated; the last event (read only by a buyer
+        still there: one whose upstream failed) is the error, with what was charged and the receipt."""
+        generated = run.generated
+        try:
+            sold = await core.settle_generated(
+                self.rt, self.sale, outcome, run.text, (generated.prompt_tokens, generated.completion_tokens)
+            )
+        except ApiError as err:  # settlement not confirmed yet: the same payment, re-sent, gets the partial result
+            return err
+        if isinstance(sold, core.PaymentRefused):
+            return ApiError(402, "payment_not_settled", sold.message, {"reason": sold.reason, "charged": False})
+        stopped = sold.body["stopped"]
+        details = {
+            "category": str(outcome.failure.category),
+            "charged": True,
+            "usage": sold.body["usage"],
+            "receipt": sold.body["receipt"],
+            "payment_response": sold.payment_response,
+        }
+        return _event(b"error", error_body(stopped["code"], stopped["message"], details))
 
 
 async def _relay(pump: Coroutine[Any, Any, None], receive) -> bool:
