@@ -21,6 +21,7 @@ import yaml
 from openapi_schema_validator import OAS31Validator
 
 from instant402.emulator.catalog import SANDBOX_CATALOG
+from instant402.emulator.state import mask_key
 from tests.support.catalog_data import CATALOG_ALL, CATALOG_TEXT, openrouter_snapshot
 from tests.support.emulator import EmulatorHandle, running_emulator
 
@@ -457,7 +458,8 @@ async def test_pace_spaces_the_content_chunks_and_a_closed_stream_is_a_499(emula
         assert len(arrivals) >= 3
         gaps = [b - a for a, b in itertools.pairwise(arrivals)]
         assert statistics.median(gaps) > 0.1 and arrivals[-1] - arrivals[0] > 0.1 * len(gaps), gaps
-        # A client that leaves after the first words: the call ends at once, as cancelled, unbilled.
+        # A client that leaves after the first words: the call ends at once, as cancelled, billed for what was
+        # generated until then (the prompt and those words).
         async with c.stream("POST", url, json=chat_body(stream=True), headers=headers) as r:
             async for line in r.aiter_lines():
                 if '"content":"' in line:
@@ -467,7 +469,72 @@ async def test_pace_spaces_the_content_chunks_and_a_closed_stream_is_a_499(emula
         if call["ended_at"] is not None:
             break
         await asyncio.sleep(0.02)
-    assert call["status"] == 499 and call["cost"] is None
+    assert call["status"] == 499 and call["finish_reason"] == "cancelled" and Decimal(call["cost"]) > 0
+
+
+async def test_generation_records_say_what_each_generation_cost(emulator, openapi):
+    key = new_key(emulator, limit=5)
+    headers = {"Authorization": f"Bearer {key}"}
+    prices = sandbox_models()[MODEL]["pricing"]
+    async with httpx.AsyncClient(base_url=emulator.base_url, timeout=10) as c:
+
+        async def record(generation_id: str, auth=headers) -> httpx.Response:
+            return await c.get("/generation", params={"id": generation_id}, headers=auth)
+
+        # A whole answer: its record matches its usage, in OpenRouter's schema.
+        whole = (await c.post("/chat/completions", json=chat_body(), headers=headers)).json()
+        got = await record(whole["id"])
+        assert got.status_code == 200, got.text
+        validate(openapi, "GenerationResponse", got.json())
+        data = got.json()["data"]
+        assert (data["id"], data["model"], data["streamed"], data["cancelled"]) == (whole["id"], MODEL, False, False)
+        assert data["total_cost"] == whole["usage"]["cost"]
+        assert (data["tokens_prompt"], data["tokens_completion"]) == (
+            whole["usage"]["prompt_tokens"], whole["usage"]["completion_tokens"]
+        )  # fmt: skip
+        # Only the key that made it sees it; a key is needed; so is an id.
+        assert (await record(whole["id"], {"Authorization": f"Bearer {new_key(emulator)}"})).status_code == 404
+        assert (await record(whole["id"], {})).status_code == 401
+        assert (await c.get("/generation", headers=headers)).status_code == 400
+        assert (await record("gen-0-unknown")).status_code == 404
+
+        # A stream closed after its first words: cancelled, billed for the prompt and the words sent.
+        emulator.fault(kind="pace", chunk_ms=150, key=key, times=1)
+        async with c.stream("POST", "/chat/completions", json=chat_body(stream=True), headers=headers) as r:
+            generation_id = r.headers["x-generation-id"]
+            async for line in r.aiter_lines():
+                if '"content":"' in line and '"content":""' not in line:
+                    break
+        for _ in range(100):
+            got = await record(generation_id)
+            if got.status_code == 200:
+                break
+            await asyncio.sleep(0.02)
+        cut = got.json()["data"]
+        assert cut["cancelled"] is True and cut["streamed"] is True and cut["finish_reason"] is None
+        assert 0 < cut["tokens_completion"] < data["tokens_completion"]
+        expected = cut["tokens_prompt"] * Decimal(prices["prompt"]) + cut["tokens_completion"] * Decimal(
+            prices["completion"]
+        )
+        assert Decimal(str(cut["total_cost"])) == expected
+        spent = Decimal(str(whole["usage"]["cost"])) + expected
+        (kept,) = [k for k in emulator.keys() if k["label"] == mask_key(key)]  # noqa: SIM118 (a method, not a dict)
+        assert Decimal(kept["usage"]) == spent  # the key paid for the cancelled part
+
+        # A provider error mid-stream: recorded, and free (zero-completion insurance).
+        emulator.fault(kind="stream_error", after_chunks=1, key=key, times=1)
+        async with c.stream("POST", "/chat/completions", json=chat_body(stream=True), headers=headers) as r:
+            generation_id = r.headers["x-generation-id"]
+            await r.aread()
+        failed = (await record(generation_id)).json()["data"]
+        assert failed["finish_reason"] == "error" and failed["total_cost"] == 0 and failed["tokens_completion"] > 0
+
+        # Records show up a moment after the end: a generation_lag fault delays them.
+        emulator.fault(kind="generation_lag", latency_ms=400, key=key, times=1)
+        late = (await c.post("/chat/completions", json=chat_body("late"), headers=headers)).json()
+        assert (await record(late["id"])).status_code == 404
+        await asyncio.sleep(0.45)
+        assert (await record(late["id"])).status_code == 200
 
 
 async def test_key_concurrency_limit_answers_429_like_openrouter(emulator, openapi):

@@ -336,3 +336,30 @@ async def test_media_route_unknown_hash_is_404(client):
     r = await client.get("/media/" + "0" * 64 + ".png")
     assert r.status_code == 404
     assert r.json()["error"]["code"] == "not_found"
+
+
+async def test_generation_lookup_waits_for_the_record_and_gives_up_without_one(upstream, emulator, key):
+    """How a stream cut short learns its cost: OpenRouter's generation record, asked again until it appears."""
+    answer = await upstream.complete(request(), key, time.time() + 30)
+    found = await upstream.generation(answer.generation_id, key, wait=5)
+    assert found is not None and found.cost_usd == answer.cost_usd > 0
+    assert (found.prompt_tokens, found.completion_tokens, found.cancelled) == (
+        answer.prompt_tokens, answer.completion_tokens, False
+    )  # fmt: skip
+    # Shown a moment after the end: asked again until it is there.
+    emulator.fault(kind="generation_lag", latency_ms=600, key=key, times=1)
+    late = await upstream.complete(request(), key, time.time() + 30)
+    started = time.monotonic()
+    assert (await upstream.generation(late.generation_id, key, wait=5)).cost_usd == late.cost_usd
+    assert 0.5 < time.monotonic() - started < 4
+    # Never there (or another key's): None once the wait is over, not an error.
+    started = time.monotonic()
+    assert await upstream.generation("gen-0-never", key, wait=0.6) is None
+    assert 0.5 < time.monotonic() - started < 3
+    other = f"sk-or-v1-{secrets.token_hex(24)}"
+    emulator.add_key(other)
+    assert await upstream.generation(answer.generation_id, other, wait=0.3) is None
+    # A key OpenRouter refuses: no point asking again.
+    started = time.monotonic()
+    assert await upstream.generation(answer.generation_id, "sk-or-v1-unknown", wait=5) is None
+    assert time.monotonic() - started < 1

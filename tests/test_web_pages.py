@@ -373,6 +373,11 @@ async def test_editor_saves_metered_pricing_and_shows_the_range_per_call(app, we
     edit = await user.get(f"/resources/{rid}/edit")
     assert 'data-testid="metered-range"' in edit.text and "at most $0.02" in edit.text
     assert '<option value="metered" selected>' in edit.text
+    # Published, its public page says what a metered stream cut short costs: the part generated.
+    assert (await user.post(f"/resources/{rid}/publish", {}, page=f"/resources/{rid}")).status_code == 303
+    public = (await WebUser(web_app).get(f"/r/{user.username}/{row.slug}")).text
+    policy = public[public.index('data-testid="stream-policy"') :]
+    assert "you pay for the part generated" in policy and "not charged" not in policy[: policy.index("</p>")]
     # Back to flat: the metered fields are dropped.
     r = await user.post(f"/resources/{rid}/edit", resource_form(pricing_mode="flat", price="0.03"), page="/")
     assert r.status_code == 303, r.text

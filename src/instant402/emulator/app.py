@@ -330,9 +330,29 @@ class Emulator:
             "total_cost": float(cost),
             "usage": float(cost),
             "upstream_inference_cost": None,
+            "cache_discount": None,
             "is_byok": False,
             "latency": ms,
+            "moderation_latency": None,
             "generation_time": ms,
+            "upstream_id": None,
+            "app_id": None,
+            "service_tier": None,
+            "num_media_prompt": 0,
+            "num_input_audio_prompt": 0,
+            "num_media_completion": len(result["images"]) if completion else 0,
+            "num_search_results": 0,
+            "num_fetches": 0,
+            "web_search_engine": None,
+            "origin": "",
+            "external_user": None,
+            "preset_id": None,
+            "router": None,
+            "provider_responses": None,
+            "user_agent": None,
+            "http_referer": None,
+            "data_region": "global",
+            "workspace_id": None,
         }
         self.state.record_generation(key.key, info.id, stats)
 
@@ -415,15 +435,15 @@ class Emulator:
                     yield b'data: {"id":"' + result["id"].encode() + b'","choices":[{"delta":{"content":"\n\n'
                     return
                 if result["reasoning"]:
-                    yield chunk({"role": "assistant", "content": "", "reasoning": result["reasoning"]})
                     generated += result["reasoning_tokens"]
+                    yield chunk({"role": "assistant", "content": "", "reasoning": result["reasoning"]})
                 for sent, piece in enumerate(pieces):
                     if fault is not None and fault.kind == "stream_error" and sent >= fault.after_chunks:
                         break
                     if pace:
                         await asyncio.sleep(pace)
+                    generated += generate.count_tokens(piece)  # generated once sent, read or not
                     yield chunk({"role": "assistant", "content": piece})
-                    generated += generate.count_tokens(piece)
                 if fault is not None and fault.kind in ("stream_error", "finish_error"):
                     error = _mid_error(fault, info)
                     call["finish_reason"] = "error"

@@ -295,9 +295,10 @@ class Upstream:
                 pass
             except _BROKEN:
                 return None
-            if time.monotonic() + delay >= end:
+            left = end - time.monotonic()
+            if left <= 0:
                 return None
-            await asyncio.sleep(delay)
+            await asyncio.sleep(min(delay, left))  # the last try at the end of the wait
             delay = min(delay * 2, 2.0)
 
     def stream_text(self, request: CompletionRequest, api_key: str, deadline: float) -> TextStream:

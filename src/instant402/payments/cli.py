@@ -208,8 +208,11 @@ async def _pay_streamed(report: CallReport, http, client, payment_required, url,
     report.paid = paid.receipt is not None and paid.receipt.success
     report.result = {**(paid.done or paid.error or {}), "text": paid.text}
     if paid.done is None:
-        report.status = 502  # the stream broke off: an error, nothing charged
-        report.notes.append("the stream ended without its final answer")
+        report.status = 502  # the stream broke off: an error
+        if report.paid:  # a metered resource: the part generated was paid for
+            report.notes.append("the stream ended early; you paid for the part generated (the text above)")
+        else:
+            report.notes.append("the stream ended without its final answer; nothing was charged")
     if paid.receipt is not None:
         report.receipt = paid.receipt.model_dump(mode="json", by_alias=True, exclude_none=True)
     return report
