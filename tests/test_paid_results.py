@@ -71,14 +71,16 @@ def _transfers_to(market, payee: str):
     return market.devnet.transfers(receiver=payee)
 
 
-async def _post_until_settled(url: str, body: dict, headers: dict, attempts: int = 40) -> httpx.Response:
+async def _post_until_settled(url: str, body: dict, headers: dict, seconds: float = 30) -> httpx.Response:
+    """Re-send the same payment while its sale is still running or settling (409/503), for up to ``seconds`` (a
+    deadline, not a count of tries: a busy machine makes each try slower)."""
+    deadline = time.monotonic() + seconds
     async with httpx.AsyncClient(timeout=30) as http:
-        for _ in range(attempts):
+        while True:
             r = await http.post(url, json=body, headers=headers)
-            if r.status_code not in (409, 503):
+            if r.status_code not in (409, 503) or time.monotonic() > deadline:
                 return r
             await asyncio.sleep(0.25)
-    return r
 
 
 async def test_a_dropped_answer_is_delivered_again_for_the_same_payment(market, catalog, devnet, database):
