@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import delete
 
 from instant402.app import create_app
+from instant402.catalog.sync import sync_catalog
 from instant402.config import Mode, Settings
 from instant402.db import Database
 from instant402.db.migrate import upgrade
@@ -117,6 +118,13 @@ class Creator:
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
+
+
+@pytest.fixture
+async def catalog(app, database, emulator):
+    """The sandbox catalog, synced from the emulator (tables are emptied after every test; the catalog is small)."""
+    report = await sync_catalog(database, emulator.base_url)
+    assert report.status == "ok", report
 
 
 @pytest.fixture

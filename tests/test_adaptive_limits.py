@@ -11,7 +11,6 @@ import time
 import httpx
 import pytest
 
-from instant402.catalog.sync import sync_catalog
 from instant402.execution.errors import UpstreamFailure
 from instant402.execution.limits import (
     BETA,
@@ -25,12 +24,6 @@ from tests.conftest import require_service
 from tests.support.market import live_market
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-@pytest.fixture
-async def catalog(app, database, emulator):
-    report = await sync_catalog(database, emulator.base_url)
-    assert report.status == "ok", report
 
 
 MODEL = "openai/gpt-5-mini"

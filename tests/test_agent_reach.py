@@ -22,7 +22,6 @@ from x402.extensions.bazaar import (
 from x402.http import FacilitatorConfig, HTTPFacilitatorClientSync
 from x402.mcp import x402MCPClient
 
-from instant402.catalog.sync import sync_catalog
 from instant402.devnet import facilitator_app
 from instant402.payments.buyer import McpToolCaller, make_buyer_client, pay_url, read_payment_required
 from tests.support.market import live_market
@@ -41,12 +40,6 @@ IMAGE_PRICE = 100_000
 def market(settings_overrides, emulator_server, devnet, devnet_facilitator, migrated):
     with live_market(settings_overrides, emulator_server, devnet, devnet_facilitator) as m:
         yield m
-
-
-@pytest.fixture
-async def catalog(app, market, database, emulator):
-    report = await sync_catalog(database, emulator.base_url)
-    assert report.status == "ok", report
 
 
 @pytest.fixture

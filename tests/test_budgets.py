@@ -15,7 +15,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from instant402.accounts.models import User
-from instant402.catalog.sync import sync_catalog
 from instant402.config import Mode, Settings
 from instant402.db.base import utcnow
 from instant402.execution import budgets, notify
@@ -165,12 +164,6 @@ def market(settings_overrides, emulator_server, devnet, devnet_facilitator, migr
         settings_overrides, emulator_server, devnet, devnet_facilitator, creator_limits_cache_seconds=0
     ) as m:
         yield m
-
-
-@pytest.fixture
-async def catalog(app, market, database, emulator):
-    report = await sync_catalog(database, emulator.base_url)
-    assert report.status == "ok", report
 
 
 @pytest.fixture

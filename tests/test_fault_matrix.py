@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import pytest
 
-from instant402.catalog.sync import sync_catalog
 from instant402.emulator.state import mask_key
 from instant402.payments.buyer import make_buyer_client, pay_url
 from tests.conftest import require_service
@@ -80,12 +79,6 @@ MATRIX = {
 def market(settings_overrides, emulator_server, devnet, devnet_facilitator, migrated):
     with live_market(settings_overrides, emulator_server, devnet, devnet_facilitator, **FAST) as m:
         yield m
-
-
-@pytest.fixture
-async def catalog(app, database, emulator):
-    report = await sync_catalog(database, emulator.base_url)
-    assert report.status == "ok", report
 
 
 def client_for(market, account):

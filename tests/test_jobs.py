@@ -11,7 +11,6 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
-from instant402.catalog.sync import sync_catalog
 from instant402.db import Database
 from instant402.db.base import utcnow
 from instant402.execution import jobs
@@ -24,12 +23,6 @@ from tests.support.market import live_market
 
 IMAGE_MODEL = "google/gemini-2.5-flash-image"
 PRICE = 100_000  # above the worst case of 1000 image tokens, so the default per-call cap lets it through
-
-
-@pytest.fixture
-async def catalog(app, database, emulator):
-    report = await sync_catalog(database, emulator.base_url)
-    assert report.status == "ok", report
 
 
 @pytest.fixture

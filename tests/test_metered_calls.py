@@ -21,7 +21,6 @@ from x402.mechanisms.evm.exact import register_exact_evm_client
 from x402.mechanisms.evm.signers import EthAccountSigner
 from x402.schemas import PaymentRequired
 
-from instant402.catalog.sync import sync_catalog
 from instant402.emulator.state import mask_key
 from instant402.payments.buyer import (
     EVENT_STREAM,
@@ -50,15 +49,15 @@ def scripted(devnet_facilitator):
 
 @pytest.fixture(scope="module")
 def market(settings_overrides, emulator_server, devnet, scripted, devnet_rpc, migrated):
-    with live_market(settings_overrides, emulator_server, devnet, scripted, chain_rpc_url=devnet_rpc) as m:
+    # The tests look at pending settlements and run sweeps themselves: the server's own periodic sweep would race them.
+    extra = {"chain_rpc_url": devnet_rpc, "reconcile_seconds": 3600}
+    with live_market(settings_overrides, emulator_server, devnet, scripted, **extra) as m:
         yield m
 
 
 @pytest.fixture
-async def catalog(app, market, database, emulator, scripted):
-    scripted.script.clear()
-    report = await sync_catalog(database, emulator.base_url)
-    assert report.status == "ok", report
+def catalog(catalog, scripted):
+    scripted.script.clear()  # the synced catalog, and a facilitator that answers normally
 
 
 def publish_metered(market, seller, **fields) -> dict:
@@ -648,7 +647,7 @@ async def test_a_metered_stream_whose_provider_fails_mid_answer_charges_nothing(
 @pytest.fixture(scope="module")
 def impatient_market(settings_overrides, emulator_server, devnet, scripted, devnet_rpc, migrated):
     """A server that gives each upstream attempt 1.5 s: a slow stream is cut by the server, not by the buyer."""
-    extra = {"chain_rpc_url": devnet_rpc, "upstream_timeout_seconds": 1.5}
+    extra = {"chain_rpc_url": devnet_rpc, "reconcile_seconds": 3600, "upstream_timeout_seconds": 1.5}
     with live_market(settings_overrides, emulator_server, devnet, scripted, **extra) as m:
         yield m
 

@@ -8,7 +8,6 @@ import json
 import httpx
 import pytest
 
-from instant402.catalog.sync import sync_catalog
 from instant402.payments.buyer import make_buyer_client, pay, pay_url, read_payment_required
 from tests.support.market import live_market
 
@@ -17,13 +16,6 @@ from tests.support.market import live_market
 def market(settings_overrides, emulator_server, devnet, devnet_facilitator, migrated):
     with live_market(settings_overrides, emulator_server, devnet, devnet_facilitator) as m:
         yield m
-
-
-@pytest.fixture
-async def catalog(app, market, database, emulator):
-    # Tables are emptied after every test; the sandbox catalog is small, so sync it again.
-    report = await sync_catalog(database, emulator.base_url)
-    assert report.status == "ok", report
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from sqlalchemy import select, update
 from x402.extensions.payment_identifier import append_payment_identifier_to_extensions
 from x402.http import x402HTTPClient
 
-from instant402.catalog.sync import sync_catalog
 from instant402.payments.buyer import make_buyer_client, read_payment_required
 from instant402.payments.models import KeptResult, PaymentClaim
 from instant402.runtime import Runtime
@@ -33,15 +32,15 @@ def scripted(devnet_facilitator):
 
 @pytest.fixture(scope="module")
 def market(settings_overrides, emulator_server, devnet, scripted, devnet_rpc, migrated):
-    with live_market(settings_overrides, emulator_server, devnet, scripted, chain_rpc_url=devnet_rpc) as m:
+    # The tests look at pending settlements and run sweeps themselves: the server's own periodic sweep would race them.
+    extra = {"chain_rpc_url": devnet_rpc, "reconcile_seconds": 3600}
+    with live_market(settings_overrides, emulator_server, devnet, scripted, **extra) as m:
         yield m
 
 
 @pytest.fixture
-async def catalog(app, market, database, emulator, scripted):
-    scripted.script.clear()
-    report = await sync_catalog(database, emulator.base_url)
-    assert report.status == "ok", report
+def catalog(catalog, scripted):
+    scripted.script.clear()  # the synced catalog, and a facilitator that answers normally
 
 
 def _client(market, account):

@@ -14,7 +14,6 @@ import pytest
 from typer.testing import CliRunner
 from x402.http import x402HTTPClient
 
-from instant402.catalog.sync import sync_catalog
 from instant402.cli.main import app as cli_app
 from instant402.payments.buyer import (
     EVENT_STREAM,
@@ -33,12 +32,6 @@ PRICE = 10_000
 def market(settings_overrides, emulator_server, devnet, devnet_facilitator, migrated):
     with live_market(settings_overrides, emulator_server, devnet, devnet_facilitator) as m:
         yield m
-
-
-@pytest.fixture
-async def catalog(app, market, database, emulator):
-    report = await sync_catalog(database, emulator.base_url)
-    assert report.status == "ok", report
 
 
 @pytest.fixture
