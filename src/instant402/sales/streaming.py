@@ -138,7 +138,8 @@ class EventStream(Response):
         """Account for the run; settle a completed one, or the generated part of a metered one that ended early.
         Returns the last event, or the error to answer."""
         rt, sale = self.rt, self.sale
-        if outcome.failure is not None and self.started and outcome.billed_usd and core.settles_generated(sale):
+        generated = run.generated is not None and outcome.billed_usd  # ended early, and the upstream billed it
+        if outcome.failure is not None and generated and core.settles_generated(sale):
             return await self._settle_generated(run, outcome)
         try:
             outcome = await core.ran(rt, sale, outcome)
