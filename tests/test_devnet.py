@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 from web3 import Web3
 from x402.http import FacilitatorConfig, HTTPFacilitatorClient
@@ -10,6 +12,8 @@ from x402.schemas import PaymentRequirements
 
 from instant402.devnet import Devnet, facilitator_app, rpc_app
 from instant402.devnet.chain import TOKEN_SOURCE
+from instant402.payments.chain import Chain
+from instant402.payments.gateway import payment_terms
 from tests.support.servers import serve_in_thread
 from tests.support.x402 import sign_payment
 
@@ -137,3 +141,32 @@ async def test_facilitator_app_auth_header(devnet_facilitator):
         assert httpx.get(f"{url}/supported").status_code == 401
         ok = httpx.get(f"{url}/supported", headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
+
+
+async def test_the_chain_finds_a_settlement_searching_back_from_the_newest_block(
+    devnet, devnet_facilitator, devnet_rpc
+):
+    """How a lost settlement is found: its AuthorizationUsed event, searched from the newest block backwards in
+    bounded windows (hosted RPCs cap a query's block range), never further back than the claim allows."""
+    buyer, payee = devnet.new_account(usdc=50_000), devnet.new_account()
+    requirements = _requirements(devnet, payee.address, 10_000)
+    payload = await sign_payment(devnet, buyer.private_key, requirements)
+    claimed = time.time()
+    with serve_in_thread(facilitator_app(devnet_facilitator)) as url:
+        client = HTTPFacilitatorClient(FacilitatorConfig(url=url))
+        try:
+            settled = await client.settle(payload, requirements)
+        finally:
+            await client.aclose()
+    assert settled.success, settled
+    with devnet.lock:  # later blocks: the settlement is no longer in the newest window
+        devnet.w3.provider.ethereum_tester.mine_blocks(300)
+    chain = Chain(devnet_rpc)
+    nonce = payment_terms(payload).nonce
+    assert await chain.payment_used(devnet.token, buyer.address, nonce)
+    assert await chain.payment_transaction(devnet.token, buyer.address, nonce, since=claimed) == settled.transaction
+    assert await chain.payment_transaction(devnet.token, buyer.address, nonce) == settled.transaction  # no bound
+    # A claim stamped hours after every block: the search stops before reaching the settlement.
+    assert await chain.payment_transaction(devnet.token, buyer.address, nonce, since=time.time() + 10 * 3600) is None
+    other = "0x" + "00" * 31 + "07"
+    assert await chain.payment_transaction(devnet.token, buyer.address, other, since=claimed) is None

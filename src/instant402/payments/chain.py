@@ -50,6 +50,14 @@ _PROXY_ABI = X402_UPTO_PERMIT2_PROXY_ABI + X402_UPTO_PERMIT2_PROXY_SETTLE_WITH_P
 _PROXY_SETTLED = [Web3.keccak(text="Settled()").to_0x_hex(), Web3.keccak(text="SettledWithPermit()").to_0x_hex()]
 
 
+# Logs are searched from the newest block backwards, in windows that grow to this many blocks (hosted RPCs cap the
+# block range of one eth_getLogs; a settlement being resolved is usually recent, so the first window holds it)...
+_FIRST_WINDOW, _MAX_WINDOW = 64, 2_000
+# ...down to the blocks stamped this long before the payment was claimed (chain clocks and ours may disagree: the
+# devnet's runs 15 minutes behind on purpose).
+_CLOCK_MARGIN_SECONDS = 3_600
+
+
 def _nonce_bytes(nonce: str) -> bytes:
     return bytes.fromhex(nonce.removeprefix("0x"))
 
@@ -72,21 +80,24 @@ class Chain:
         word = await permit2.functions.nonceBitmap(Web3.to_checksum_address(payer), value >> 8).call()
         return bool(int(word) >> (value & 0xFF) & 1)
 
-    async def payment_transaction(self, asset: str, payer: str, nonce: str, scheme: str | None = None) -> str | None:
-        """The transaction that used the payment, or None if none did."""
+    async def payment_transaction(
+        self, asset: str, payer: str, nonce: str, scheme: str | None = None, *, since: float | None = None
+    ) -> str | None:
+        """The transaction that used the payment, or None if none did. ``since``: when the payment was claimed (Unix
+        time), which bounds the search; without it the whole chain is searched."""
         if scheme != UPTO:
-            return await self.authorization_transaction(asset, payer, nonce)
+            return await self.authorization_transaction(asset, payer, nonce, since=since)
         proxy = self.w3.eth.contract(address=X402_UPTO_PERMIT2_PROXY_ADDRESS, abi=_PROXY_ABI)
-        logs = await self.w3.eth.get_logs(
-            {"address": [proxy.address], "topics": [_PROXY_SETTLED], "fromBlock": 0, "toBlock": "latest"}
-        )
         wanted, owner = int(nonce, 16), payer.lower()
-        for entry in reversed(logs):
+
+        async def names_this_payment(entry) -> bool:
             tx = await self.w3.eth.get_transaction(entry["transactionHash"])
             _fn, args = proxy.decode_function_input(tx["input"])
-            if str(args["owner"]).lower() == owner and int(args["permit"]["nonce"]) == wanted:
-                return entry["transactionHash"].to_0x_hex()
-        return None
+            return str(args["owner"]).lower() == owner and int(args["permit"]["nonce"]) == wanted
+
+        query = {"address": [proxy.address], "topics": [_PROXY_SETTLED]}
+        entry = await self._newest_log(query, since, names_this_payment)
+        return entry["transactionHash"].to_0x_hex() if entry is not None else None
 
     async def authorization_used(self, asset: str, payer: str, nonce: str) -> bool:
         call = self._token(asset).functions.authorizationState(Web3.to_checksum_address(payer), _nonce_bytes(nonce))
@@ -95,10 +106,26 @@ class Chain:
     async def balance_of(self, asset: str, account: str) -> int:
         return int(await self._token(asset).functions.balanceOf(Web3.to_checksum_address(account)).call())
 
-    async def authorization_transaction(self, asset: str, payer: str, nonce: str) -> str | None:
+    async def authorization_transaction(
+        self, asset: str, payer: str, nonce: str, *, since: float | None = None
+    ) -> str | None:
         """The transaction that used the authorization (its AuthorizationUsed event), or None if none did."""
         topics = [AUTHORIZATION_USED, "0x" + "00" * 12 + payer.lower().removeprefix("0x"), nonce.lower()]
-        logs = await self.w3.eth.get_logs(
-            {"address": [Web3.to_checksum_address(asset)], "topics": topics, "fromBlock": 0, "toBlock": "latest"}
-        )
-        return logs[-1]["transactionHash"].to_0x_hex() if logs else None
+        entry = await self._newest_log({"address": [Web3.to_checksum_address(asset)], "topics": topics}, since)
+        return entry["transactionHash"].to_0x_hex() if entry is not None else None
+
+    async def _newest_log(self, query: dict, since: float | None, matches=None):
+        """The newest log matching ``query`` (and ``matches``, an async check of one log), from the newest block
+        backwards in growing windows, down to the first block stamped before ``since`` less the clock margin."""
+        to = await self.w3.eth.block_number
+        floor = None if since is None else since - _CLOCK_MARGIN_SECONDS
+        size = _FIRST_WINDOW
+        while to >= 0:
+            start = max(0, to - size + 1)
+            for entry in reversed(await self.w3.eth.get_logs({**query, "fromBlock": start, "toBlock": to})):
+                if matches is None or await matches(entry):
+                    return entry
+            if start == 0 or (floor is not None and (await self.w3.eth.get_block(start))["timestamp"] < floor):
+                return None
+            to, size = start - 1, min(size * 2, _MAX_WINDOW)
+        return None

@@ -162,6 +162,7 @@ async def resolve(rt: Runtime, usage_id: int) -> str:
                     _usage.c.status,
                     _usage.c.asset,
                     _usage.c.network,
+                    _usage.c.created_at,
                     _claims.c.payer,
                     _claims.c.nonce,
                     _claims.c.valid_before,
@@ -182,7 +183,8 @@ async def resolve(rt: Runtime, usage_id: int) -> str:
         try:
             payment = (row.asset, row.payer, row.nonce, row.scheme)
             used = await rt.chain.payment_used(*payment)
-            transaction = await rt.chain.payment_transaction(*payment) if used else None
+            since = row.created_at.timestamp()  # the settlement came after the claim
+            transaction = await rt.chain.payment_transaction(*payment, since=since) if used else None
         except Exception as exc:  # the RPC is down: decide later
             log.warning("chain check for paid call %s failed (%s); retrying later", usage_id, type(exc).__name__)
             return row.status
