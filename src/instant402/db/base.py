@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from sqlalchemy import BigInteger, DateTime, Integer, MetaData, Numeric, String
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
@@ -23,6 +24,11 @@ class Base(DeclarativeBase):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+async def connection_of(db: AsyncSession | AsyncConnection) -> AsyncConnection:
+    """The Core connection to run a prebuilt statement on: a session's (in its transaction), or ``db`` itself."""
+    return db if isinstance(db, AsyncConnection) else await db.connection()
 
 
 class UTCDateTime(TypeDecorator):

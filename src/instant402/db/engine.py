@@ -3,15 +3,17 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from pathlib import Path
 
 from sqlalchemy import event, make_url, text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from instant402.config import Settings
 from instant402.db import sqlite_loop
+
+SQLITE_CONNECTIONS = 15  # per process
 
 
 def make_private(data_dir: Path, database: Path | None) -> None:
@@ -36,7 +38,15 @@ def make_engine(settings: Settings) -> AsyncEngine:
         make_private(settings.data_dir, Path(path) if on_disk else None)
         wait_seconds = sqlite_loop.BUSY_TIMEOUT_MS / 1000
         if on_disk:
-            engine = create_async_engine(url, async_creator=partial(sqlite_loop.connect, path, timeout=wait_seconds))
+            # A fixed set of connections (SQLAlchemy's default ceiling, 5 + 10 overflow, all kept open): a call holds
+            # one only around its reads and writes, so under load demand swings, and overflow connections would be
+            # closed whenever more than 5 sit idle, then reopened (a thread and its pragmas each) moments later.
+            engine = create_async_engine(
+                url,
+                async_creator=partial(sqlite_loop.connect, path, timeout=wait_seconds),
+                pool_size=SQLITE_CONNECTIONS,
+                max_overflow=0,
+            )
         else:
             engine = create_async_engine(url, connect_args={"timeout": wait_seconds})
 
@@ -75,6 +85,11 @@ class Database:
     async def session(self) -> AsyncIterator[AsyncSession]:
         async with self.sessions() as session:
             yield session
+
+    def transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A Core connection in a transaction, committed on exit (rolled back on an error): for writes of prebuilt
+        statements, which need no ORM session (its bookkeeping costs more CPU than the statements)."""
+        return self.engine.begin()
 
     async def ping(self) -> bool:
         try:

@@ -18,10 +18,10 @@ from sqlalchemy import bindparam, delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from instant402.config import Settings
-from instant402.db.base import utcnow
+from instant402.db.base import connection_of, utcnow
 from instant402.db.sqlite_loop import quick_read, quick_write
 from instant402.errors import ApiError
 from instant402.keys.check import ACCEPTED, REJECTED, KeyCheck, check_key
@@ -295,9 +295,9 @@ def _count_statement(dialect: str):
     return stmt.on_conflict_do_update(index_elements=[table.c.user_id, table.c.day], set_={"count": table.c.count + 1})
 
 
-async def count_decryption(db: AsyncSession, user_id: int) -> None:
+async def count_decryption(db: AsyncSession | AsyncConnection, user_id: int) -> None:
     """Add one to today's decryption count of this creator (in the caller's transaction)."""
-    conn = await db.connection()
+    conn = await connection_of(db)
     await conn.execute(_count_statement(conn.dialect.name), {"user_id": user_id, "day": utcnow().date()})
 
 

@@ -921,9 +921,8 @@ def receipt(settled: SettleOutcome, requirements: PaymentRequirements, payer: st
 
 async def record(rt: Runtime, **fields) -> None:
     """One usage row in its own transaction."""
-    async with rt.db.sessions() as db:
-        await add_usage(db, **fields)
-        await db.commit()
+    async with rt.db.transaction() as conn:
+        await add_usage(conn, **fields)
 
 
 def outcome_fields(outcome: RunOutcome) -> dict[str, Any]:
@@ -955,9 +954,8 @@ def outcome_fields(outcome: RunOutcome) -> dict[str, Any]:
 
 async def finish_usage(rt: Runtime, usage_id: int, outcome: RunOutcome | None, **fields) -> None:
     run = outcome_fields(outcome) if outcome is not None else {}
-    async with rt.db.sessions() as db:
-        await update_usage(db, usage_id, **{**run, **fields, "finished_at": utcnow()})
-        await db.commit()
+    async with rt.db.transaction() as conn:
+        await update_usage(conn, usage_id, **{**run, **fields, "finished_at": utcnow()})
 
 
 def success_body(outcome: RunOutcome, receipt: dict[str, Any] | None) -> dict[str, Any]:

@@ -41,20 +41,20 @@ async def run_owner_test(
     async with rt.limits.upstream_slot(str(resource.owner_id)):
         outcome = await run_resource(rt, resource, values, deadline, key)
     fail, completion = outcome.failure, outcome.completion
-    if key is not None:
-        await count_decryption(db, resource.owner_id)
     record = {"status": UsageStatus.succeeded, **outcome_fields(outcome)}  # a failure sets its own status
-    await add_usage(
-        db,
-        resource_id=resource.id,
-        owner_id=resource.owner_id,
-        kind=UsageKind.test,
-        amount_atomic=0,
-        model_requested=resource.active_model_id,
-        finished_at=utcnow(),
-        **record,
-    )
-    await db.commit()
+    async with rt.db.transaction() as conn:
+        if key is not None:
+            await count_decryption(conn, resource.owner_id)
+        await add_usage(
+            conn,
+            resource_id=resource.id,
+            owner_id=resource.owner_id,
+            kind=UsageKind.test,
+            amount_atomic=0,
+            model_requested=resource.active_model_id,
+            finished_at=utcnow(),
+            **record,
+        )
     if fail:
         # The owner sees the precise cause (never the key itself: failure details are redacted where they are made).
         raise ApiError(

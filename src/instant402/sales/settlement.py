@@ -71,15 +71,13 @@ async def keep(
     """Keep the result (and the payment, to retry settlement) with the run's figures, in one transaction.
     ``again``: a resumed job keeps its result once more, replacing what an earlier run kept."""
     expires = utcnow() + timedelta(hours=rt.settings.result_retention_hours)
-    async with rt.db.sessions() as db:
+    async with rt.db.transaction() as conn:
         if usage_fields:
-            await update_usage(db, usage_id, **usage_fields)
-        conn = await db.connection()
+            await update_usage(conn, usage_id, **usage_fields)
         if again:
             await conn.execute(_DELETE_KEPT, {"row_id": usage_id})
         row = {"usage_id": usage_id, "body": result, "expires_at": expires, "payment_response": None}
         await conn.execute(_INSERT_KEPT, {**row, "payment": _json(payload), "requirements": _json(requirements)})
-        await db.commit()
 
 
 async def mark_settled(
@@ -101,27 +99,24 @@ async def mark_settled(
     body = {**result, "receipt": {**receipt(network, transaction, payer, requirements.amount), **extra}}
     response = response or SettleResponse(success=True, transaction=transaction or "", network=network, payer=payer)
     header = encode_payment_response_header(response)
-    async with rt.db.sessions() as db:
+    async with rt.db.transaction() as conn:
         await update_usage(
-            db,
+            conn,
             usage_id,
             status=UsageStatus.succeeded,
             transaction_hash=transaction,
             finished_at=utcnow(),
             **usage_fields,
         )
-        await (await db.connection()).execute(
-            _SETTLE_KEPT, {"row_id": usage_id, "body": body, "payment_response": header}
-        )
-        await db.commit()
+        await conn.execute(_SETTLE_KEPT, {"row_id": usage_id, "body": body, "payment_response": header})
     return body, header
 
 
 async def mark_unsettled(rt: Runtime, usage_id: int, status: str, code: str | None, detail: str, **fields) -> None:
     """Never charged: the row says why, and the kept result is dropped (it is nobody's)."""
-    async with rt.db.sessions() as db:
+    async with rt.db.transaction() as conn:
         await update_usage(
-            db,
+            conn,
             usage_id,
             status=status,
             error_category="payment",
@@ -130,14 +125,13 @@ async def mark_unsettled(rt: Runtime, usage_id: int, status: str, code: str | No
             finished_at=utcnow(),
             **fields,
         )
-        await (await db.connection()).execute(_DELETE_KEPT, {"row_id": usage_id})
-        await db.commit()
+        await conn.execute(_DELETE_KEPT, {"row_id": usage_id})
 
 
 async def mark_pending(rt: Runtime, usage_id: int, reason: str | None, **fields) -> None:
-    async with rt.db.sessions() as db:
+    async with rt.db.transaction() as conn:
         await update_usage(
-            db,
+            conn,
             usage_id,
             status=UsageStatus.pending,
             error_category="payment",
@@ -145,7 +139,6 @@ async def mark_pending(rt: Runtime, usage_id: int, reason: str | None, **fields)
             error_detail=f"settlement outcome unknown ({reason}); being resolved",
             **fields,
         )
-        await db.commit()
 
 
 # --- resolving unknown outcomes ---------------------------------------------------------------------------------

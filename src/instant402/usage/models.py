@@ -20,10 +20,10 @@ from sqlalchemy import (
     insert,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from instant402.db.base import Base, BigIntPK, ExactDecimal, UTCDateTime, utcnow
+from instant402.db.base import Base, BigIntPK, ExactDecimal, UTCDateTime, connection_of, utcnow
 from instant402.db.sqlite_loop import quick_write
 
 
@@ -90,13 +90,13 @@ _INSERT_USAGE = quick_write(insert(_usage))
 _UPDATE_USAGE = quick_write(update(_usage)).where(_usage.c.id == bindparam("row_id"))
 
 
-async def add_usage(db: AsyncSession, **values: Any) -> int:
+async def add_usage(db: AsyncSession | AsyncConnection, **values: Any) -> int:
     """Insert one usage row in the caller's transaction; returns its id."""
-    conn = await db.connection()
+    conn = await connection_of(db)
     return (await conn.execute(_INSERT_USAGE, values)).inserted_primary_key[0]
 
 
-async def update_usage(db: AsyncSession, usage_id: int, **values: Any) -> None:
+async def update_usage(db: AsyncSession | AsyncConnection, usage_id: int, **values: Any) -> None:
     """Set ``values`` on one usage row in the caller's transaction."""
-    conn = await db.connection()
+    conn = await connection_of(db)
     await conn.execute(_UPDATE_USAGE, {"row_id": usage_id, **values})
