@@ -112,6 +112,10 @@ class Database:
         async with self.sessions() as session:
             yield session
 
+    def connect(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A Core connection for reads of prebuilt statements (see ``transaction``)."""
+        return self.engine.connect()
+
     def transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
         """A Core connection in a transaction, committed on exit (rolled back on an error): for writes of prebuilt
         statements, which need no ORM session (its bookkeeping costs more CPU than the statements)."""

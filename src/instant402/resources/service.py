@@ -7,13 +7,13 @@ from typing import Any, Literal
 
 from sqlalchemy import String, and_, bindparam, case, cast, func, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import contains_eager
 
 from instant402.accounts.models import User
 from instant402.catalog.models import CatalogModel
 from instant402.config import Settings
-from instant402.db.base import utcnow
+from instant402.db.base import connection_of, utcnow
 from instant402.db.sqlite_loop import quick_read
 from instant402.errors import ApiError, field_error, not_found
 from instant402.resources import lifecycle
@@ -478,11 +478,11 @@ _FOR_CALL = (
 )
 
 
-async def get_for_call(db: AsyncSession, creator: str, slug: str) -> ResourceRow:
+async def get_for_call(db: AsyncSession | AsyncConnection, creator: str, slug: str) -> ResourceRow:
     """``get_public`` for a call, as plain values: the same resource (404 otherwise), its owner's name and payout
     address, no catalog row."""
     params = {"creator": creator.lower(), "slug": slug}
-    row = (await (await db.connection()).execute(_FOR_CALL, params)).first()
+    row = (await (await connection_of(db)).execute(_FOR_CALL, params)).first()
     if row is None:
         raise not_found("resource")
     values = dict(row._mapping)

@@ -170,13 +170,13 @@ async def prepare(rt: Runtime, creator: str, slug: str, body: Any, *, client_ip:
 
 
 async def resolve(rt: Runtime, creator: str, slug: str) -> AnyResource:
-    async with rt.db.sessions() as db:
-        resource = await get_for_call(db, creator, slug)
+    async with rt.db.connect() as conn:
+        resource = await get_for_call(conn, creator, slug)
     # Lazy end of a budget pause once the day is over.
     budget_paused = resource.status == "paused" and resource.pause_kind == budgets.BUDGET
     if budget_paused and await budgets.lift_if_reset(rt, resource.owner_id):
-        async with rt.db.sessions() as db:
-            resource = await get_for_call(db, creator, slug)
+        async with rt.db.connect() as conn:
+            resource = await get_for_call(conn, creator, slug)
     if resource.status != "published":
         raise _paused(resource)
     return resource
@@ -594,9 +594,9 @@ async def _check_exposure(rt: Runtime, sale: Sale) -> PaymentRefused | None:
         return None
     requirements = sale.requirements
     own = int(requirements.amount)
-    async with rt.db.sessions() as db:
+    async with rt.db.connect() as conn:
         query = _OUTSTANDING.where(_claims.c.network == requirements.network, _claims.c.payer == sale.payer.lower())
-        outstanding = int(await db.scalar(query))
+        outstanding = int(await conn.scalar(query))
     if outstanding <= own:
         return None  # this payment alone: the facilitator checked the balance covers it
     try:
