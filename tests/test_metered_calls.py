@@ -545,6 +545,13 @@ def stream_call(market, seller) -> dict:
         time.sleep(0.05)
 
 
+async def paid_stream(market, buyer, url: str, body: dict):
+    """The 402 (asking for a stream), then the SDK client's payment and the streamed answer, read to its end."""
+    async with httpx.AsyncClient(timeout=60) as http:
+        first = await http.post(url, json=body, headers={"Accept": EVENT_STREAM})
+        return await pay_stream(http, client_for(market, buyer), read_payment_required(first), url, json=body)
+
+
 async def settled_row(database, resource_id: int) -> UsageRecord:
     deadline = time.monotonic() + 20
     while True:
@@ -560,11 +567,7 @@ async def test_a_metered_stream_settles_its_real_cost(market, catalog, database)
     res = publish_metered(market, seller)
     buyer = devnet.new_account(usdc=100_000)
     start = devnet.block_number()
-    async with httpx.AsyncClient(timeout=60) as http:
-        first = await http.post(res["url"], json={"topic": "moss"}, headers={"Accept": EVENT_STREAM})
-        paid = await pay_stream(
-            http, client_for(market, buyer), read_payment_required(first), res["url"], json={"topic": "moss"}
-        )
+    paid = await paid_stream(market, buyer, res["url"], {"topic": "moss"})
     assert paid.error is None and paid.text, paid.error
     receipt = paid.done["receipt"]
     settled = int(receipt["amount"])
@@ -632,11 +635,7 @@ async def test_a_metered_stream_whose_provider_fails_mid_answer_charges_nothing(
     buyer = devnet.new_account(usdc=100_000)
     market.emulator.fault(kind="stream_error", after_chunks=2, key=seller.openrouter_key)
     start = devnet.block_number()
-    async with httpx.AsyncClient(timeout=60) as http:
-        first = await http.post(res["url"], json={"topic": "hail"}, headers={"Accept": EVENT_STREAM})
-        paid = await pay_stream(
-            http, client_for(market, buyer), read_payment_required(first), res["url"], json={"topic": "hail"}
-        )
+    paid = await paid_stream(market, buyer, res["url"], {"topic": "hail"})
     assert paid.text and paid.done is None
     assert paid.error["error"]["details"]["charged"] is False
     assert transfers_from(devnet, buyer.address, start) == []
@@ -664,11 +663,7 @@ async def test_a_metered_stream_cut_by_the_upstream_timeout_settles_the_generate
     buyer = devnet.new_account(usdc=100_000)
     market.emulator.fault(kind="pace", chunk_ms=500, key=seller.openrouter_key)
     start = devnet.block_number()
-    async with httpx.AsyncClient(timeout=60) as http:
-        first = await http.post(res["url"], json={"topic": "fjords"}, headers={"Accept": EVENT_STREAM})
-        paid = await pay_stream(
-            http, client_for(market, buyer), read_payment_required(first), res["url"], json={"topic": "fjords"}
-        )
+    paid = await paid_stream(market, buyer, res["url"], {"topic": "fjords"})
     call = stream_call(market, seller)
     cost = Decimal(call["cost"])
     assert call["finish_reason"] == "cancelled" and cost > 0
