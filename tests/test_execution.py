@@ -266,6 +266,10 @@ async def test_attribution_headers_reach_the_upstream(upstream, emulator, key):
     headers = {"HTTP-Referer": "https://market.example", "X-OpenRouter-Title": "instant402"}
     done = await upstream.complete(request(headers=headers), key, time.time() + 30)
     assert done.output["type"] == "text"
+    (call,) = calls_for(emulator)
+    assert {"http-referer", "x-openrouter-title", "authorization"} <= set(call["header_names"])
+    # The SDK's telemetry headers are not sent (they cost CPU per call and mean nothing to OpenRouter).
+    assert not [name for name in call["header_names"] if name.startswith("x-stainless")]
 
 
 SCHEMA = {

@@ -104,7 +104,8 @@ class Emulator:
         stream = bool(body.get("stream"))
         requested = body.get("model")
         label = key.label if key is not None else None
-        call = self.state.call_started(requested if isinstance(requested, str) else None, label, stream)
+        names = sorted({name.lower() for name in request.headers})
+        call = self.state.call_started(requested if isinstance(requested, str) else None, label, stream, names)
         try:
             if error is None and self.state.over_concurrency(key):
                 call["fault"] = "concurrency"

@@ -237,7 +237,9 @@ class EmulatorState:
         self.by_status: dict[int, int] = {}
         self.throttled_by_label: dict[str, int] = {}  # 429s for going over a key's concurrency limit
 
-    def call_started(self, model_requested: str | None, key_label: str | None, stream: bool) -> dict:
+    def call_started(
+        self, model_requested: str | None, key_label: str | None, stream: bool, header_names: list[str] | None = None
+    ) -> dict:
         self.in_flight += 1
         self.total_calls += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -251,6 +253,7 @@ class EmulatorState:
             "model_used": None,
             "key_label": key_label,
             "stream": stream,
+            "header_names": header_names or [],  # what the client sent, by name only (never a value: the key)
             "status": None,
             "finish_reason": None,
             "fault": None,
