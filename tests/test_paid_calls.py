@@ -257,6 +257,24 @@ async def test_owner_test_run_is_free_and_recorded_as_a_test(market, catalog):
     assert len(rows) == 1
 
 
+async def test_owner_test_run_from_a_logged_in_session_needs_its_csrf_token(market, catalog):
+    seller = market.seller()
+    res = market.publish(seller)
+    path = f"/api/v1/me/resources/{res['id']}/test"
+    with httpx.Client(base_url=market.url, timeout=60) as browser:
+        r = browser.post("/api/v1/auth/login", json={"login": seller.username, "password": "correct horse battery"})
+        assert r.status_code == 200, r.text
+        csrf = r.json()["csrf_token"]
+        for headers in ({}, {"X-CSRF-Token": "wrong"}):
+            r = browser.post(path, json={"topic": "moss"}, headers=headers)
+            assert r.status_code == 403 and r.json()["error"]["code"] == "csrf_failed", r.text
+        r = browser.post(path, json={"topic": "moss"}, headers={"X-CSRF-Token": csrf})
+        assert r.status_code == 200, r.text
+        assert r.json()["output"]["type"] == "text"
+    rows = market.http.get("/api/v1/me/usage", params={"kind": "test"}, headers=seller.headers).json()["items"]
+    assert len(rows) == 1  # the refused attempts ran nothing
+
+
 async def test_earnings_show_in_stats(market, catalog, buyer):
     seller = market.seller()
     res = market.publish(seller)

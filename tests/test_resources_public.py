@@ -201,7 +201,7 @@ async def test_call_rows_hold_what_the_entity_holds(client, app, make_creator, d
         user = await db.get(User, await user_id(database, creator.username))
         entity = await get_own(db, user, body["id"])
         for_call = await get_for_call(db, creator.username.upper(), body["slug"])  # names are case-insensitive
-        own = await get_own_row(db, user, body["id"])
+        own = await get_own_row(db, user.id, body["id"])
     for row in (for_call, own):
         assert {c: getattr(row, c) for c in columns} == {c: getattr(entity, c) for c in columns}
         assert row.active_model_id == entity.active_model_id

@@ -319,7 +319,7 @@ async def key_report(db: AsyncSession, user_id: int) -> tuple[Decimal | None, bo
 
 
 async def open_key_for_upstream(
-    db: AsyncSession, vault: Vault, user_id: int, *, commit: bool = True, count: bool = True
+    db: AsyncSession | AsyncConnection, vault: Vault, user_id: int, *, commit: bool = True, count: bool = True
 ) -> SecretKey:
     """Decrypt the creator's key for one upstream call and count the decryption for today.
 
@@ -328,7 +328,7 @@ async def open_key_for_upstream(
     ``commit=False`` to leave it in the caller's transaction, or ``count=False`` when the caller counts it with
     ``count_decryption`` in the transaction that records the call.
     """
-    row = (await (await db.connection()).execute(_SEALED, {"user_id": user_id})).first()
+    row = (await (await connection_of(db)).execute(_SEALED, {"user_id": user_id})).first()
     if row is None:
         raise NoOpenRouterKey(f"Creator {user_id} has no OpenRouter key saved.")
     try:

@@ -162,9 +162,9 @@ async def get_own(db: AsyncSession, user: User, resource_id: int) -> Resource:
     return resource
 
 
-async def get_own_row(db: AsyncSession, user: User, resource_id: int) -> ResourceRow:
+async def get_own_row(db: AsyncSession | AsyncConnection, owner_id: int, resource_id: int) -> ResourceRow:
     """``get_own`` as plain values, without the owner and the catalog row (the owner's test run reads neither)."""
-    row = (await (await db.connection()).execute(_OWN_ROW, {"rid": resource_id, "uid": user.id})).first()
+    row = (await (await connection_of(db)).execute(_OWN_ROW, {"rid": resource_id, "uid": owner_id})).first()
     if row is None:
         raise not_found("resource")
     return ResourceRow(**row._mapping)

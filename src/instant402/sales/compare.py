@@ -23,7 +23,7 @@ from instant402.resources.params import validate_input
 from instant402.resources.service import get_own_row
 from instant402.resources.validation import _model_problem as model_problem
 from instant402.runtime import Runtime
-from instant402.sales.owner_run import run_owner_test
+from instant402.sales.owner_run import prepare_owner_test, run_owner_test
 
 MAX_MODELS = 4
 
@@ -42,7 +42,7 @@ async def compare_models(rt: Runtime, user: User, resource_id: int, models: Any,
     """One result per model, in the order given: output, latency, tokens, upstream cost and margin, or why not."""
     ids = _fields(models)
     async with rt.db.sessions() as db:
-        resource = await get_own_row(db, user, resource_id)
+        resource = await get_own_row(db, user.id, resource_id)
         values = validate_input(resource, body if body is not None else {})
         found = {m.id: m for m in await db.scalars(select(CatalogModel).where(CatalogModel.id.in_(ids)))}
     kind = resource.output_kind
@@ -66,8 +66,9 @@ async def compare_models(rt: Runtime, user: User, resource_id: int, models: Any,
         started = time.perf_counter()
         billed = Decimal(0)
         try:
-            async with rt.db.sessions() as db:
-                ran = await run_owner_test(rt, db, user, resource_id, values, model_id=model_id)
+            async with rt.db.connect() as conn:
+                test = await prepare_owner_test(rt, conn, user.id, resource_id, values, model_id=model_id)
+            ran = await run_owner_test(rt, test)
             billed = sum((Decimal(a["cost_usd"]) for a in ran["attempts"]), Decimal(0))
             result.update(
                 output=ran["output"],
