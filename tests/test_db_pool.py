@@ -61,3 +61,25 @@ async def test_a_recently_used_dead_connection_fails_once_as_unreachable(databas
         assert await _pid(db) != first  # the pool reconnects for the next call
     finally:
         await db.dispose()
+
+
+async def _state(pid: int) -> str:
+    conn = await asyncpg.connect(testdb.pg_url().replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        return await conn.fetchval("SELECT state FROM pg_stat_activity WHERE pid = $1", pid)
+    finally:
+        await conn.close()
+
+
+async def test_reads_on_a_core_connection_run_without_a_transaction(database):
+    # Autocommit: no BEGIN before the reads and no ROLLBACK after them (two round trips saved per connection).
+    db = database(60.0)
+    try:
+        async with db.connect() as conn:
+            pid = (await conn.execute(_PID)).scalar_one()
+            assert await _state(pid) == "idle"
+        async with db.transaction() as conn:  # writes keep their transaction
+            pid = (await conn.execute(_PID)).scalar_one()
+            assert await _state(pid) == "idle in transaction"
+    finally:
+        await db.dispose()

@@ -106,6 +106,11 @@ class Database:
         self.settings = settings
         self.engine = make_engine(settings)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # PostgreSQL reads in autocommit: no BEGIN before the first statement and no ROLLBACK when the connection goes
+        # back to the pool (two round trips, ~0.13 ms of CPU per connection). Each statement still sees a consistent
+        # snapshot, as in a READ COMMITTED transaction. SQLite keeps its transactions (see sqlite_loop).
+        is_sqlite = self.engine.dialect.name == "sqlite"
+        self._reads = self.engine if is_sqlite else self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
@@ -113,8 +118,9 @@ class Database:
             yield session
 
     def connect(self) -> AbstractAsyncContextManager[AsyncConnection]:
-        """A Core connection for reads of prebuilt statements (see ``transaction``)."""
-        return self.engine.connect()
+        """A Core connection for reads of prebuilt statements (see ``transaction``); on PostgreSQL each statement
+        commits at once (a rare write on it, such as a token's last-use time, needs no transaction of its own)."""
+        return self._reads.connect()
 
     def transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
         """A Core connection in a transaction, committed on exit (rolled back on an error): for writes of prebuilt
