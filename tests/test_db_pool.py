@@ -23,12 +23,17 @@ async def _pid(db: Database) -> int:
         return (await conn.execute(_PID)).scalar_one()
 
 
-async def _kill(pid: int) -> None:
+async def _ask_server(query: str, *args):
+    """One value, asked on a connection of its own (outside the pool under test)."""
     conn = await asyncpg.connect(testdb.pg_url().replace("postgresql+asyncpg://", "postgresql://"))
     try:
-        assert await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
+        return await conn.fetchval(query, *args)
     finally:
         await conn.close()
+
+
+async def _kill(pid: int) -> None:
+    assert await _ask_server("SELECT pg_terminate_backend($1)", pid)
 
 
 @pytest.fixture
@@ -64,11 +69,7 @@ async def test_a_recently_used_dead_connection_fails_once_as_unreachable(databas
 
 
 async def _state(pid: int) -> str:
-    conn = await asyncpg.connect(testdb.pg_url().replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        return await conn.fetchval("SELECT state FROM pg_stat_activity WHERE pid = $1", pid)
-    finally:
-        await conn.close()
+    return await _ask_server("SELECT state FROM pg_stat_activity WHERE pid = $1", pid)
 
 
 async def test_reads_on_a_core_connection_run_without_a_transaction(database):
